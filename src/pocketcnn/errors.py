@@ -1,0 +1,49 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad model name, a missing file, a bad value) is a
+:class:`PocketCNNError`. The CLI turns it into one line on stderr and a non-zero exit;
+library callers can catch the specific subclass.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PocketCNNError(Exception):
+    """Base class of every error meant for the user, not the developer."""
+
+    exit_code = 1
+
+
+class UnknownModelError(PocketCNNError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(PocketCNNError, ValueError):
+    """A keyword, option or configuration value that is not allowed."""
+
+
+class DataError(PocketCNNError):
+    """A data file that is missing, truncated, corrupt or of the wrong format."""
+
+
+class CheckpointError(PocketCNNError):
+    """A checkpoint or weight file that cannot be read or does not fit the model."""
+
+
+class ExportError(PocketCNNError):
+    """An export or runtime check that failed."""
+
+
+class TrainingError(PocketCNNError):
+    """Training stopped because it cannot go on (non-finite loss, for example)."""
+
+
+def close_matches(value: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" Did you mean: a, b?"`` for the closest choices, or ``""``."""
+    found = difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.5)
+    return f" Did you mean: {', '.join(found)}?" if found else ""
