@@ -1,0 +1,141 @@
+"""Training configuration: one frozen dataclass, checked on creation, plus per-model recipes."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, close_matches
+from ..registry import model_info
+
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+SCHEDULES = ("cosine", "step", "constant")
+AUGMENTS = ("crop", "flip", "erase")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; stored in every checkpoint.
+
+    ``batch_size`` is the GLOBAL batch: with N processes each takes ``batch_size / N``
+    samples per step, so the optimisation (and the learning rate that goes with it) is the
+    same for every N. ``lr`` is for that global batch.
+    """
+
+    model: str = "squeezenet1_1"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    augment: tuple[str, ...] = ("crop", "flip")
+    crop_padding: int = 2
+    amp: bool = False
+    channels_last: bool = False
+    ema: bool = False
+    ema_decay: float = 0.998
+    seed: int = 0
+    workers: int = 0
+    train_samples: int | None = None
+    test_samples: int | None = None
+    input_size: int | None = None  # resize images to this side (default: the data set's own)
+    eval_batch_size: int = 512
+    device: str = "auto"
+    sync_bn: bool = False
+    grad_clip: float | None = 5.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    out: str | None = None  # default: runs/<model>
+
+    def __post_init__(self) -> None:
+        model_info(self.model)  # unknown name -> UnknownModelError with close matches
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("device", self.device, DEVICES)
+        object.__setattr__(self, "augment", tuple(a for a in self.augment if a != "none"))
+        for a in self.augment:
+            _choice("augment", a, AUGMENTS + ("none",))
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, received {name}={v!r}")
+        for name in ("train_samples", "test_samples", "input_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer, received {name}={v!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, received lr={self.lr!r}")
+        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
+            raise ConfigError(
+                f"need weight_decay >= 0, 0 <= label_smoothing < 1, warmup_epochs >= 0; received "
+                f"weight_decay={self.weight_decay}, label_smoothing={self.label_smoothing}, warmup_epochs={self.warmup_epochs}"
+            )
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1), received ema_decay={self.ema_decay!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, received workers={self.workers!r}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = list(self.augment)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ConfigError(f"{source}: unknown field {key!r}.{close_matches(key, known)}")
+        d = dict(d)
+        if "augment" in d:
+            d["augment"] = tuple(d["augment"]) if not isinstance(d["augment"], str) else tuple(d["augment"].split(","))
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; received {name}={value!r}.{close_matches(value, choices)}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file (keys = TrainConfig fields)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object of TrainConfig fields, found {type(d).__name__}")
+    return d
+
+
+# Per-family recipes for small grayscale/colour images (Fashion-MNIST, CIFAR). Chosen by
+# short sweeps on Fashion-MNIST (benchmarks/fashion_mnist.py); the CLI's flags override them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "alexnet": {"optimizer": "sgd", "lr": 0.02, "weight_decay": 5e-4, "model_kwargs": {"drop_rate": 0.5}},
+    "squeezenet": {"optimizer": "sgd", "lr": 0.04, "weight_decay": 5e-4, "model_kwargs": {"drop_rate": 0.2}},
+    "mobilenet": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-5 * 10, "model_kwargs": {}},
+}
+
+
+def recipe(model: str) -> dict[str, Any]:
+    """Default settings for ``model`` (a copy; flags given by the user win)."""
+    family = next((k for k in RECIPES if model.startswith(k)), None)
+    r = json.loads(json.dumps(RECIPES.get(family, {})))
+    return r
