@@ -42,7 +42,6 @@ SMALL = (  # Table 2; last conv 576, head 1024
     Bneck(5, 288, 96, True, True, 2), Bneck(5, 576, 96, True, True, 1), Bneck(5, 576, 96, True, True, 1),
 )
 HEADS = {"large": (LARGE, 1280), "small": (SMALL, 1024)}
-BN = {"bn_eps": 0.001, "bn_momentum": 0.01}
 
 
 class InvertedResidualSE(nn.Module):
@@ -51,17 +50,17 @@ class InvertedResidualSE(nn.Module):
     ``(N, in_ch, H, W) -> (N, out_ch, H / s, W / s)``.
     """
 
-    def __init__(self, in_ch: int, row: Bneck, width_mult: float) -> None:
+    def __init__(self, in_ch: int, row: Bneck, width_mult: float, bn: dict) -> None:
         super().__init__()
         exp, out = make_divisible(row.exp * width_mult), make_divisible(row.out * width_mult)
         act = nn.Hardswish if row.hs else nn.ReLU
         layers: list[nn.Module] = []
         if exp != in_ch:
-            layers.append(ConvBNAct(in_ch, exp, 1, act=act, **BN))
-        layers.append(ConvBNAct(exp, exp, row.k, row.s, groups=exp, act=act, **BN))
+            layers.append(ConvBNAct(in_ch, exp, 1, act=act, **bn))
+        layers.append(ConvBNAct(exp, exp, row.k, row.s, groups=exp, act=act, **bn))
         if row.se:
             layers.append(SqueezeExcite(exp, make_divisible(exp // 4)))
-        layers.append(ConvBNAct(exp, out, 1, act=None, **BN))
+        layers.append(ConvBNAct(exp, out, 1, act=None, **bn))
         self.block = nn.Sequential(*layers)
         self.use_res_connect = row.s == 1 and in_ch == out
         self.out_channels = out
@@ -73,21 +72,26 @@ class InvertedResidualSE(nn.Module):
 class MobileNetV3(ClassifierMixin, nn.Module):
     """Stem (hard-swish), bneck blocks, 1x1 conv (6x last width), pool, FC-hswish-dropout-FC.
 
-    ``small_input=True`` makes the stem stride 1 (total stride 16).
+    ``small_input=True`` makes the stem stride 1 (total stride 16). ``bn_momentum`` defaults
+    to torchvision's 0.01, made for long ImageNet runs; short runs want 0.1, or the running
+    statistics lag far behind the weights.
     """
 
     def __init__(self, arch: str = "large", *, num_classes: int = 1000, in_chans: int = 3,
-                 width_mult: float = 1.0, drop_rate: float = 0.2, small_input: bool = False) -> None:
+                 width_mult: float = 1.0, drop_rate: float = 0.2, small_input: bool = False,
+                 bn_momentum: float = 0.01) -> None:
         super().__init__()
         check_positive("width_mult", width_mult)
+        check_positive("bn_momentum", bn_momentum)
+        bn = {"bn_eps": 0.001, "bn_momentum": bn_momentum}
         rows, self.head_channels = HEADS[arch]
         ch = make_divisible(STEM_CHANNELS * width_mult)
-        layers: list[nn.Module] = [ConvBNAct(in_chans, ch, 3, 1 if small_input else 2, act=nn.Hardswish, **BN)]
+        layers: list[nn.Module] = [ConvBNAct(in_chans, ch, 3, 1 if small_input else 2, act=nn.Hardswish, **bn)]
         for row in rows:
-            layers.append(InvertedResidualSE(ch, row, width_mult))
+            layers.append(InvertedResidualSE(ch, row, width_mult, bn))
             ch = layers[-1].out_channels
         self.num_features = 6 * ch
-        layers.append(ConvBNAct(ch, self.num_features, 1, act=nn.Hardswish, **BN))
+        layers.append(ConvBNAct(ch, self.num_features, 1, act=nn.Hardswish, **bn))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.drop_rate = drop_rate

@@ -130,7 +130,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 RECIPES: dict[str, dict[str, Any]] = {
     "alexnet": {"optimizer": "sgd", "lr": 0.02, "weight_decay": 5e-4, "model_kwargs": {"drop_rate": 0.5}},
     "squeezenet": {"optimizer": "sgd", "lr": 0.04, "weight_decay": 5e-4, "model_kwargs": {"drop_rate": 0.2}},
-    "mobilenet": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-5 * 10, "model_kwargs": {}},
+    "mobilenet_v3": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "model_kwargs": {"bn_momentum": 0.1}},
+    "mobilenet": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "model_kwargs": {}},
 }
 
 

@@ -1,0 +1,164 @@
+"""``pocketcnn train``: the engine behind a command line (one process, or N through torchrun)."""
+from __future__ import annotations
+
+import os
+
+import click
+from click.core import ParameterSource
+
+from ..errors import ConfigError, TrainingError
+from ..train.config import AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file, recipe
+from .common import ModelName, echo_json, err_console
+
+# option name -> TrainConfig field, for the options that map one to one
+FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
+          "weight_decay", "label_smoothing", "amp", "channels_last", "ema", "seed", "workers", "train_samples",
+          "test_samples", "out", "input_size", "device", "sync_bn")
+
+
+class RichProgress:
+    """Engine callbacks drawing one rich progress bar per epoch on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress = None
+
+    def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err_console,
+                                 transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, info="")
+
+    def on_step(self, step: int, loss: float, acc: float, images_per_s: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step,
+                                 info=f"loss {loss:.3f}  acc {acc:5.1f}%  {images_per_s:,.0f} img/s")
+
+    def on_epoch_end(self, m: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.enabled:
+            err_console.print(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}  test top-1 {m['test_top1']:.2f}%"
+                              f"  top-5 {m['test_top5']:.2f}%  {m['images_per_s']:,.0f} img/s  {m['epoch_seconds']:.0f}s")
+
+
+def build_config(params: dict, given: set[str]) -> TrainConfig:
+    """recipe(model) < --config file < flags given on the command line."""
+    from ..train.checkpoint import load_checkpoint
+
+    d: dict = {}
+    if params.get("resume"):
+        d.update(load_checkpoint(params["resume"]).get("config", {}))
+    if params.get("config"):
+        file_cfg = load_config_file(params["config"])
+        TrainConfig.from_dict({**recipe(file_cfg.get("model", params.get("model") or "squeezenet1_1")), **file_cfg},
+                              source=str(params["config"]))
+        d.update(file_cfg)
+    model = params["model"] if "model" in given else d.get("model")
+    if model is None:
+        raise ConfigError("no model: pass --model NAME (see `pocketcnn models`) or a --config file with 'model'")
+    base = recipe(model)
+    base.update(d)
+    for key in FIELDS:
+        if key in given:
+            base[key] = params[key]
+    if "augment" in given:
+        base["augment"] = tuple(a.strip() for a in params["augment"].split(",") if a.strip())
+    base["model"] = model
+    return TrainConfig.from_dict(base)
+
+
+def _relaunch_args(ctx: click.Context) -> list[str]:
+    """The options given on this command line, minus --nproc, as argv for the workers."""
+    args: list[str] = []
+    for p in ctx.command.params:
+        if p.name in ("nproc", "max_restarts") or ctx.get_parameter_source(p.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[p.name]
+        if isinstance(p, click.Option) and p.is_flag:
+            if value:
+                args.append(p.opts[0])
+        else:
+            args += [p.opts[0], str(value)]
+    return args
+
+
+def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
+    """Run this same command in ``nproc`` processes through torch.distributed's own launcher."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv = [f"--nproc-per-node={nproc}", "--standalone", f"--max-restarts={max_restarts}",
+            "-m", "pocketcnn", "train", *_relaunch_args(ctx)]
+    try:
+        run(get_args_parser().parse_args(argv))
+    except ChildFailedError as exc:
+        first = next(iter(exc.failures.values()), None)
+        why = f"rank {first.local_rank} exited with code {first.exitcode}" if first else str(exc).splitlines()[0]
+        raise TrainingError(f"distributed training failed: {why} (checkpoints in the output folder are intact)") from None
+
+
+@click.command()
+@click.option("--model", type=ModelName(), help="Registered model name (see `pocketcnn models`).")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              type=click.Choice(["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]))
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of the data files ($POCKETCNN_DATA_DIR).")
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--batch-size", type=click.IntRange(1), help="Global batch size (split over processes).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Peak learning rate for the global batch.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS))
+@click.option("--schedule", type=click.Choice(SCHEDULES))
+@click.option("--warmup-epochs", type=click.FloatRange(0))
+@click.option("--weight-decay", type=click.FloatRange(0))
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True))
+@click.option("--augment", help=f"Comma list of {', '.join(AUGMENTS)}, or none.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (bf16 on CPU, fp16 on CUDA).")
+@click.option("--channels-last/--no-channels-last", default=None)
+@click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights.")
+@click.option("--seed", type=int)
+@click.option("--workers", type=click.IntRange(0), help="DataLoader workers (image folders only).")
+@click.option("--train-samples", type=click.IntRange(1), help="Class-balanced training subset size.")
+@click.option("--test-samples", type=click.IntRange(1), help="Class-balanced test subset size.")
+@click.option("--input-size", type=click.IntRange(8), help="Resize images to this side.")
+@click.option("--device", type=click.Choice(DEVICES))
+@click.option("--sync-bn/--no-sync-bn", default=None, help="SyncBatchNorm across processes.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default runs/MODEL).")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue from a checkpoint (last.pt).")
+@click.option("--config", type=click.Path(dir_okay=False), help="JSON file of TrainConfig fields.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes on this machine (launched with torchrun's launcher).")
+@click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
+              help="With --nproc: elastic restarts after a failure.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx: click.Context, **params) -> None:
+    """Train a model on a local data set; writes DIR/last.pt, best.pt, metrics.jsonl, curves.png.
+
+    Settings come from the model's recipe, then --config, then the flags.
+    """
+    from ..plots import learning_curves
+    from ..train.engine import fit
+
+    given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    cfg = build_config(params, given)
+    if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
+        _launch(ctx, params["nproc"], params["max_restarts"])
+        return
+    rank0 = os.environ.get("RANK", "0") == "0"
+    show = rank0 and not params["quiet"] and err_console.is_terminal
+    result = fit(cfg, RichProgress(show), resume=params["resume"])
+    if not rank0:
+        return
+    learning_curves({result.model: result.metrics}, cfg.out_dir / "curves.png")
+    if params["as_json"]:
+        echo_json(result.to_dict())
+    else:
+        click.echo(f"{result.model}: best top-1 {result.best_top1:.2f}%, final {result.final_top1:.2f}% after "
+                   f"{result.epochs} epochs in {result.wall_seconds:.0f}s; checkpoint {result.checkpoint}")

@@ -1,0 +1,185 @@
+"""The main job: train the zoo's key members on Fashion-MNIST within a time budget and rank them.
+
+``run_demo`` measures each model's training speed, picks the largest (subset, epochs) from a
+ladder that fits the budget for ALL models (one recipe each, the same data for all), trains,
+evaluates on the full test split, measures CPU latency and throughput, and writes the
+leaderboard, a report and plots. Finished runs are reused unless ``fresh``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .analysis import profile
+from .data import DataSpec, dataset_spec, load_dataset
+from .errors import ConfigError
+from .registry import model_info
+from .train.checkpoint import atomic_write_text, model_from_checkpoint
+from .train.config import TrainConfig, recipe
+from .train.engine import Callbacks, build_model, evaluate, fit, make_optimizer
+
+DEFAULT_MODELS = ("alexnet", "squeezenet1_1", "mobilenet_v1", "mobilenet_v3_small")
+# (train images, epochs), most to least; the first that fits the budget is used for every model
+LADDER = ((60000, 10), (60000, 6), (60000, 4), (60000, 3), (40000, 3), (30000, 3), (20000, 3), (15000, 3),
+          (10000, 3), (6000, 3), (4000, 2), (2000, 2), (1000, 1))
+TRAIN_TEST_SAMPLES = 2000  # per-epoch evaluation during training; the leaderboard uses the full test split
+BATCH = 128
+
+
+@dataclass(frozen=True)
+class Plan:
+    train_samples: int
+    epochs: int
+    estimated_seconds: float
+    speeds: dict[str, float]  # measured training images/s per model
+
+
+def training_speed(model_name: str, spec: DataSpec, steps: int = 3) -> float:
+    """Images/s of a few training steps (after one warm-up step) at the demo's batch size."""
+    cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name})
+    model = build_model(cfg, spec).train()
+    opt = make_optimizer(cfg, model)
+    x = torch.randn(BATCH, spec.in_chans, spec.image_size, spec.image_size)
+    y = torch.randint(0, spec.num_classes, (BATCH,))
+    t0 = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def make_plan(models: tuple[str, ...], budget_s: float, spec: DataSpec) -> Plan:
+    speeds = {m: training_speed(m, spec) for m in models}
+    overhead = 15.0 * len(models)  # model build, checkpoints, final full-test evaluation
+    for n, epochs in LADDER:
+        # evaluation runs ~3x faster per image than a training step
+        est = overhead + sum(epochs * (n + TRAIN_TEST_SAMPLES / 3) / s + 10000 / 3 / s for s in speeds.values())
+        if est <= budget_s:
+            return Plan(n, epochs, est, speeds)
+    n, epochs = LADDER[-1]
+    return Plan(n, epochs, overhead + sum(epochs * n / s for s in speeds.values()), speeds)
+
+
+def cpu_speed(model: torch.nn.Module, input_size: tuple[int, int, int], batch: int, repeats: int) -> float:
+    """Median seconds per forward pass (eval, inference mode) after warm-up."""
+    x = torch.randn(batch, *input_size)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            model(x)
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float = 10.0, out: str | Path = "runs/demo",
+             data_dir: str | None = None, fresh: bool = False,
+             make_callbacks: Callable[[str], Callbacks | None] = lambda name: None,
+             log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Train, evaluate and measure ``models``; returns the leaderboard dict (also written to ``out``)."""
+    from . import plots
+
+    if budget_minutes <= 0:
+        raise ConfigError(f"budget_minutes must be > 0, received {budget_minutes!r}")
+    for m in models:
+        model_info(m)
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    test_full = load_dataset("fashion-mnist", "test", data_dir)  # verifies the files (cached afterwards)
+    spec = dataset_spec("fashion-mnist", test_full)
+    plan_file = out / "plan.json"
+    if plan_file.exists() and not fresh and set(json.loads(plan_file.read_text())["speeds"]) == set(models):
+        plan = Plan(**json.loads(plan_file.read_text()))
+        log(f"reusing plan {plan_file}: {plan.train_samples} images x {plan.epochs} epochs")
+    else:
+        log("measuring training speed of each model to fit the budget...")
+        plan = make_plan(models, budget_minutes * 60, spec)
+        atomic_write_text(plan_file, json.dumps(asdict(plan), indent=2))
+        log(f"plan: {plan.train_samples} training images x {plan.epochs} epochs per model "
+            f"(estimated {plan.estimated_seconds / 60:.1f} min)")
+    rows, curves = [], {}
+    for name in models:
+        run_dir = out / name
+        result_file = run_dir / "result.json"
+        cfg = TrainConfig.from_dict({**recipe(name), "model": name, "data_dir": data_dir, "epochs": plan.epochs,
+                                     "batch_size": BATCH, "train_samples": plan.train_samples,
+                                     "test_samples": TRAIN_TEST_SAMPLES, "out": str(run_dir),
+                                     "warmup_epochs": min(1.0, plan.epochs / 5)})
+        if result_file.exists() and not fresh and json.loads(result_file.read_text()).get("config") == cfg.to_dict():
+            log(f"{name}: reusing finished run {run_dir}")
+            rows.append(json.loads(result_file.read_text())["row"])
+            curves[name] = json.loads(result_file.read_text())["metrics"]
+            continue
+        log(f"{name}: training")
+        res = fit(cfg, make_callbacks(name))
+        model = model_from_checkpoint(res.checkpoint)
+        full = evaluate(model, test_full, spec, batch_size=512)
+        size = (spec.in_chans, spec.image_size, spec.image_size)
+        prof = profile(model, size, name=name)
+        lat = cpu_speed(model, size, 1, 30)
+        thr = 64 / cpu_speed(model, size, 64, 5)
+        row = {"model": name, "top1": round(full.top1, 2), "top5": round(full.top5, 2), "params": prof.params,
+               "size_mb": round(prof.size_mb, 3), "macs": prof.macs, "latency_ms": round(1000 * lat, 3),
+               "images_per_s": round(thr, 1), "train_seconds": round(res.wall_seconds, 1),
+               "best_top1_subset": round(res.best_top1, 2)}
+        atomic_write_text(result_file, json.dumps({"config": cfg.to_dict(), "row": row, "metrics": res.metrics}, indent=2))
+        rows.append(row)
+        curves[name] = res.metrics
+        log(f"{name}: top-1 {row['top1']:.2f}% on the full test split")
+    board = {"wall_seconds": round(time.perf_counter() - t_start, 1), "budget_minutes": budget_minutes,
+             "data": "fashion-mnist", "train_samples": plan.train_samples, "epochs": plan.epochs,
+             "test_samples": len(test_full), "input_size": [1, 28, 28], "threads": torch.get_num_threads(),
+             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+             "rows": sorted(rows, key=lambda r: -r["top1"])}
+    atomic_write_text(out / "leaderboard.json", json.dumps(board, indent=2))
+    plots.pareto(board["rows"], out / "pareto.png", title="Fashion-MNIST test top-1 vs cost")
+    plots.learning_curves(curves, out / "curves.png")
+    atomic_write_text(out / "report.md", report(board))
+    return board
+
+
+def _claim(board: dict[str, Any]) -> str:
+    rows = {r["model"]: r for r in board["rows"]}
+    alex = rows.get("alexnet")
+    sq = next((rows[m] for m in ("squeezenet1_1", "squeezenet1_0") if m in rows), None)
+    if not (alex and sq):
+        return "(train alexnet and a SqueezeNet to compare them)"
+    diff = sq["top1"] - alex["top1"]
+    return (f"On real Fashion-MNIST test images, {sq['model']} reaches {sq['top1']:.2f}% top-1 against AlexNet's "
+            f"{alex['top1']:.2f}% ({diff:+.2f} points) with {alex['params'] / sq['params']:.0f}x fewer parameters "
+            f"({sq['size_mb']:.2f} MB vs {alex['size_mb']:.1f} MB) and {alex['macs'] / sq['macs']:.1f}x fewer "
+            f"mult-adds, under the same recipe and budget.")
+
+
+def report(board: dict[str, Any]) -> str:
+    lines = [
+        "# pocketcnn demo: pocket-sized CNNs on Fashion-MNIST", "",
+        f"Each model trained on a class-balanced subset of {board['train_samples']:,} training images for "
+        f"{board['epochs']} epochs (batch {BATCH}, 28x28 grayscale, small-input stems), chosen so that all models "
+        f"fit a {board['budget_minutes']:g}-minute budget on this machine ({board['machine']}). "
+        f"Top-1 is on the full {board['test_samples']:,}-image test split. Total wall time: "
+        f"{board['wall_seconds'] / 60:.1f} min.", "",
+        "## The claim", "", _claim(board), "",
+        "## Leaderboard", "",
+        "| model | test top-1 % | params | size MB | mult-adds | batch-1 latency ms | images/s (batch 64) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in board["rows"]:
+        lines.append(f"| {r['model']} | {r['top1']:.2f} | {r['params']:,} | {r['size_mb']:.2f} | "
+                     f"{r['macs'] / 1e6:.1f}M | {r['latency_ms']:.2f} | {r['images_per_s']:,.0f} |")
+    lines += ["", "Latency and throughput: eager PyTorch on the CPU, median of repeated runs.",
+              "", "![accuracy vs cost](pareto.png)", "", "![learning curves](curves.png)", ""]
+    return "\n".join(lines)
