@@ -250,6 +250,7 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
     out_dir = cfg.out_dir
     metrics: list[dict[str, Any]] = []
     start_epoch, skip, step = 0, 0, 0
+    partial: tuple = (0.0, 0, 0)
 
     if resume:
         ckpt = load_checkpoint(resume)
@@ -265,6 +266,8 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
             scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"], gen)
         start_epoch, skip, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt.get("step", 0)
+        if dist.is_main:  # the saved sums are over all ranks: count them once
+            partial = tuple(ckpt.get("epoch_partial") or (0.0, 0, 0))
         metrics = list(ckpt.get("metrics", []))
 
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -277,7 +280,7 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
         atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
         atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
-    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+    def checkpoint(epoch: int, batch_in_epoch: int, partial: tuple[float, int, int] = (0.0, 0, 0)) -> None:
         if not (dist.is_main and save):
             return
         save_checkpoint(last, {
@@ -287,6 +290,7 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "rng": _rng_state(gen), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+            "epoch_partial": list(partial),  # train loss sum, correct, seen so far in an interrupted epoch
             "config": cfg.to_dict(), "metrics": metrics, "data": spec.to_dict(),
         })
 
@@ -299,8 +303,17 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
             net.train()
             if callbacks and dist.is_main:
                 callbacks.on_epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
-            t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = (float(partial[0]), int(partial[1]), int(partial[2])) if skip else (0.0, 0, 0)
+            seen_at_start = seen
             for i, (x, y) in enumerate(iterate(train_ds, indices, local_bs, cfg.workers, skip, drop_last=True), skip):
+                # a stop request is honoured before this batch draws any random numbers, so the
+                # checkpoint's RNG states are exactly those an uninterrupted run has here
+                if D.any_flags([stop.signal is not None], dist, device)[0]:
+                    part = D.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), dist)
+                    checkpoint(epoch, i, (part[0].item(), int(part[1]), int(part[2])))
+                    raise Interrupted(f"interrupted by signal {stop.signal or 'on another rank'}: saved {last} "
+                                      f"(epoch {epoch + 1}, step {i}); resume with --resume {last}")
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x = augment_batch(x, crop_padding=cfg.crop_padding if "crop" in cfg.augment else 0,
                                   hflip="flip" in cfg.augment, erase=0.25 if "erase" in cfg.augment else 0.0,
@@ -309,15 +322,10 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
                     out = net(x)
                     loss = criterion(out.float(), y)
-                bad, stopping = D.any_flags([not torch.isfinite(loss).item(), stop.signal is not None], dist, device)
-                if bad or stopping:
-                    if bad:
-                        raise TrainingError(
-                            f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without saving "
-                            f"it (last good checkpoint: {last if last.exists() else 'none yet'}). Try a lower --lr.")
-                    checkpoint(epoch, i)
-                    raise Interrupted(f"interrupted by signal {stop.signal or 'on another rank'}: saved {last} "
-                                      f"(epoch {epoch + 1}, step {i}); resume with --resume {last}")
+                if D.any_flags([not torch.isfinite(loss).item()], dist, device)[0]:
+                    raise TrainingError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without saving "
+                        f"it (last good checkpoint: {last if last.exists() else 'none yet'}). Try a lower --lr.")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip:
@@ -336,14 +344,14 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
                 correct += int((out.argmax(1) == y).sum())
                 if callbacks and dist.is_main:
                     callbacks.on_step(i + 1, loss.item(), 100 * correct / seen,
-                                      seen * dist.world_size / (time.perf_counter() - t0))
+                                      (seen - seen_at_start) * dist.world_size / (time.perf_counter() - t0))
             train_seconds = time.perf_counter() - t0
             skip = 0
             res = evaluate(eval_model, test_ds, spec, batch_size=cfg.eval_batch_size, device=device,
                            channels_last=cfg.channels_last, dist=dist, workers=cfg.workers)
             totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
             D.all_reduce_sum(totals, dist)
-            ips = totals[2].item() / max(train_seconds, 1e-9)
+            ips = (seen - seen_at_start) * dist.world_size / max(train_seconds, 1e-9)
             ips_all.append(ips)
             m = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
                  "train_top1": 100 * totals[1].item() / max(totals[2].item(), 1), "test_top1": res.top1,

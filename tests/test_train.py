@@ -1,0 +1,187 @@
+"""The training engine on tiny real data: one epoch per family, exact resume, SIGINT, NaN, eval, CLI."""
+import gzip
+import json
+import os
+import signal
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pocketcnn.cli import cli
+from pocketcnn.errors import ConfigError, TrainingError
+from pocketcnn.train.checkpoint import load_checkpoint, model_from_checkpoint
+from pocketcnn.train.config import TrainConfig
+from pocketcnn.train.engine import Interrupted, fit
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    magic = 2051 if arr.ndim == 3 else 2049
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+    """IDX files (MNIST layout) holding 320 train / 160 test REAL Fashion-MNIST images when the
+    Debian package is installed (CI installs it), else random images with learnable labels."""
+    root = tmp_path_factory.mktemp("tiny")
+    if FMNIST.is_dir():
+        from pocketcnn.data import balanced_subset, load_dataset
+
+        for split, n, stem in (("train", 320, "train"), ("test", 160, "t10k")):
+            ds = balanced_subset(load_dataset("fashion-mnist", split), n, seed=1)
+            _write_idx(root / f"{stem}-images-idx3-ubyte.gz", ds.data[:, 0].numpy())
+            _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", ds.targets.numpy())
+    else:
+        rng = np.random.default_rng(0)
+        for stem, n in (("train", 320), ("t10k", 160)):
+            labels = np.arange(n) % 10
+            images = rng.integers(0, 60, (n, 28, 28)) + (labels * 19)[:, None, None]
+            _write_idx(root / f"{stem}-images-idx3-ubyte.gz", images)
+            _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return str(root)
+
+
+def cfg(tiny_data, tmp_path, **kw) -> TrainConfig:
+    base = dict(model="squeezenet1_1", data="mnist", data_dir=tiny_data, epochs=1, batch_size=64, lr=0.01,
+                optimizer="adamw", warmup_epochs=0.5, out=str(tmp_path / "run"), eval_batch_size=160)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "squeezenet1_1", "mobilenet_v1_025", "mobilenet_v2", "mobilenet_v3_small"])
+def test_one_epoch_per_family(tiny_data, tmp_path, name):
+    res = fit(cfg(tiny_data, tmp_path, model=name, train_samples=128, ema=name == "mobilenet_v2"))
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
+    assert 0 <= res.final_top1 <= 100 and res.epochs == 1
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["model"] == name and ckpt["epoch"] == 1 and ckpt["data"]["in_chans"] == 1
+    assert (ckpt["ema"] is not None) == (name == "mobilenet_v2")
+    model = model_from_checkpoint(ckpt)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert (out / "best.pt").is_file()
+
+
+def test_learns_on_real_images(tiny_data, tmp_path):
+    # 120 steps: batch-norm running variances start at 1 and need ~100 steps (momentum 0.1) to
+    # forget it; fewer, and eval mode sees 10x too large variances in the last layers
+    res = fit(cfg(tiny_data, tmp_path, model="mobilenet_v1_025", epochs=6, batch_size=16, lr=0.003))
+    assert res.best_top1 >= 25.0  # 10 classes: chance is 10%; 320 images, 120 steps
+
+
+class _SignalAt:
+    """Callbacks that send SIGINT to this process at a given step of a given epoch."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at, self.epoch = (epoch, step), 0
+
+    def on_epoch_start(self, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def on_step(self, step, loss, acc, ips):
+        if (self.epoch, step) == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_epoch_end(self, m):
+        pass
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("model_kwargs, ema", [({}, False), ({"drop_rate": 0.5}, True)])
+def test_sigint_saves_and_resume_equals_uninterrupted(tiny_data, tmp_path, model_kwargs, ema):
+    kw = dict(epochs=2, train_samples=256, model_kwargs=model_kwargs, ema=ema)  # 4 steps per epoch
+    full = fit(cfg(tiny_data, tmp_path / "a", **kw))
+    c = cfg(tiny_data, tmp_path / "b", **kw)
+    with pytest.raises(Interrupted, match="resume with --resume"):
+        fit(c, _SignalAt(epoch=2, step=2))
+    ckpt = load_checkpoint(tmp_path / "b" / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 2)
+    resumed = fit(c, resume=tmp_path / "b" / "run" / "last.pt")
+    a = load_checkpoint(full.checkpoint)
+    b = load_checkpoint(resumed.checkpoint)
+    assert _states_equal(a["state_dict"], b["state_dict"])
+    if ema:
+        assert _states_equal(a["ema"], b["ema"])
+    assert a["metrics"] == [dict(m, epoch_seconds=a["metrics"][i]["epoch_seconds"],
+                                 images_per_s=a["metrics"][i]["images_per_s"]) for i, m in enumerate(b["metrics"])]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
+    c = cfg(tiny_data, tmp_path, epochs=3, train_samples=128)  # 2 steps per epoch
+    holder = {}
+
+    def poison():
+        holder["n"] = holder.get("n", 0) + 1
+        if holder["n"] == 3:  # first step of epoch 2
+            with torch.no_grad():
+                next(holder["model"].parameters()).fill_(float("nan"))
+
+    from pocketcnn.train.engine import build_model, load_data
+
+    _, _, spec = load_data(c)
+    holder["model"] = build_model(c, spec)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2.*last good checkpoint"):
+        fit(c, model=holder["model"], after_step=poison)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_config_validation(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="optimizer='adam'.*Did you mean: adamw"):
+        cfg(tiny_data, tmp_path, optimizer="adam")
+    with pytest.raises(ConfigError, match="unknown field 'epoch'"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        cfg(tiny_data, tmp_path, batch_size=0)
+
+
+def test_cli_train_eval_json(tiny_data, tmp_path, cli_runner):
+    out = tmp_path / "cli"
+    r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data,
+                                "--epochs", "1", "--batch-size", "64", "--train-samples", "128", "--optimizer",
+                                "adamw", "--lr", "0.01", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    for key in ("model", "epochs", "best_top1", "final_top1", "params", "wall_seconds", "checkpoint"):
+        assert key in d
+    assert d["model"] == "squeezenet1_1" and Path(d["checkpoint"]).is_file()
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    r = cli_runner.invoke(cli, ["eval", str(out / "last.pt"), "--data-dir", tiny_data, "--json"])
+    assert r.exit_code == 0, r.output
+    e = json.loads(r.stdout)
+    assert e["n"] == 160 and len(e["confusion"]) == 10 and sum(map(sum, e["confusion"])) == 160
+    assert set(e) >= {"top1", "top5", "per_class", "confusion"} and 0 <= e["top1"] <= e["top5"] <= 100
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_config_file_and_errors(tiny_data, tmp_path, cli_runner):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"model": "squeezenet1_1", "data": "mnist", "data_dir": tiny_data, "epochs": 1,
+                                "batch_size": 64, "train_samples": 64, "test_samples": 20, "optimizer": "adamw",
+                                "lr": 0.01, "out": str(tmp_path / "c")}))
+    r = cli_runner.invoke(cli, ["train", "--config", str(conf), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epochs"] == 1
+    conf.write_text(json.dumps({"model": "squeezenet1_1", "epoch": 2}))
+    r = cli_runner.invoke(cli, ["train", "--config", str(conf)])
+    assert r.exit_code != 0 and "unknown field 'epoch'" in r.output and "Traceback" not in r.output
+    r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir",
+                                str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "nowhere" in r.output and "Traceback" not in r.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = cli_runner.invoke(cli, ["eval", str(bad)])
+    assert r.exit_code == 1 and "bad.pt" in r.output and len(r.output.strip().splitlines()) == 1
