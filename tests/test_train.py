@@ -1,9 +1,7 @@
 """The training engine on tiny real data: one epoch per family, exact resume, SIGINT, NaN, eval, CLI."""
-import gzip
 import json
 import os
 import signal
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +13,6 @@ from pocketcnn.errors import ConfigError, TrainingError
 from pocketcnn.train.checkpoint import load_checkpoint, model_from_checkpoint
 from pocketcnn.train.config import TrainConfig
 from pocketcnn.train.engine import Interrupted, fit
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    magic = 2051 if arr.ndim == 3 else 2049
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> str:
-    """IDX files (MNIST layout) holding 320 train / 160 test REAL Fashion-MNIST images when the
-    Debian package is installed (CI installs it), else random images with learnable labels."""
-    root = tmp_path_factory.mktemp("tiny")
-    if FMNIST.is_dir():
-        from pocketcnn.data import balanced_subset, load_dataset
-
-        for split, n, stem in (("train", 320, "train"), ("test", 160, "t10k")):
-            ds = balanced_subset(load_dataset("fashion-mnist", split), n, seed=1)
-            _write_idx(root / f"{stem}-images-idx3-ubyte.gz", ds.data[:, 0].numpy())
-            _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", ds.targets.numpy())
-    else:
-        rng = np.random.default_rng(0)
-        for stem, n in (("train", 320), ("t10k", 160)):
-            labels = np.arange(n) % 10
-            images = rng.integers(0, 60, (n, 28, 28)) + (labels * 19)[:, None, None]
-            _write_idx(root / f"{stem}-images-idx3-ubyte.gz", images)
-            _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels)
-    return str(root)
-
 
 def cfg(tiny_data, tmp_path, **kw) -> TrainConfig:
     base = dict(model="squeezenet1_1", data="mnist", data_dir=tiny_data, epochs=1, batch_size=64, lr=0.01,

@@ -1,6 +1,7 @@
 """``pocketcnn train``: the engine behind a command line (one process, or N through torchrun)."""
 from __future__ import annotations
 
+import json
 import os
 
 import click
@@ -68,10 +69,26 @@ def build_config(params: dict, given: set[str]) -> TrainConfig:
     for key in FIELDS:
         if key in given:
             base[key] = params[key]
+    if "model_args" in given:
+        base["model_kwargs"] = {**base.get("model_kwargs", {}), **parse_model_args(params["model_args"])}
     if "augment" in given:
         base["augment"] = tuple(a.strip() for a in params["augment"].split(",") if a.strip())
     base["model"] = model
     return TrainConfig.from_dict(base)
+
+
+def parse_model_args(items: tuple[str, ...]) -> dict:
+    """``("width_mult=0.5", "bypass=simple")`` -> ``{"width_mult": 0.5, "bypass": "simple"}`` (JSON values)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-arg expects KEY=VALUE, received {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def _relaunch_args(ctx: click.Context) -> list[str]:
@@ -81,9 +98,14 @@ def _relaunch_args(ctx: click.Context) -> list[str]:
         if p.name in ("nproc", "max_restarts") or ctx.get_parameter_source(p.name) is not ParameterSource.COMMANDLINE:
             continue
         value = ctx.params[p.name]
-        if isinstance(p, click.Option) and p.is_flag:
+        if isinstance(p, click.Option) and p.multiple:
+            for v in value:
+                args += [p.opts[0], str(v)]
+        elif isinstance(p, click.Option) and p.is_flag:
             if value:
                 args.append(p.opts[0])
+            elif p.secondary_opts:
+                args.append(p.secondary_opts[0])
         else:
             args += [p.opts[0], str(value)]
     return args
@@ -126,6 +148,8 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
 @click.option("--train-samples", type=click.IntRange(1), help="Class-balanced training subset size.")
 @click.option("--test-samples", type=click.IntRange(1), help="Class-balanced test subset size.")
 @click.option("--input-size", type=click.IntRange(8), help="Resize images to this side.")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Model keyword, repeatable (e.g. width_mult=0.5, bypass=simple, drop_rate=0).")
 @click.option("--device", type=click.Choice(DEVICES))
 @click.option("--sync-bn/--no-sync-bn", default=None, help="SyncBatchNorm across processes.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default runs/MODEL).")

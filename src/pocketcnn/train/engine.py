@@ -310,7 +310,7 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
                 # a stop request is honoured before this batch draws any random numbers, so the
                 # checkpoint's RNG states are exactly those an uninterrupted run has here
                 if D.any_flags([stop.signal is not None], dist, device)[0]:
-                    part = D.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), dist)
+                    part = D.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device), dist)
                     checkpoint(epoch, i, (part[0].item(), int(part[1]), int(part[2])))
                     raise Interrupted(f"interrupted by signal {stop.signal or 'on another rank'}: saved {last} "
                                       f"(epoch {epoch + 1}, step {i}); resume with --resume {last}")
@@ -355,7 +355,7 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
             ips_all.append(ips)
             m = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
                  "train_top1": 100 * totals[1].item() / max(totals[2].item(), 1), "test_top1": res.top1,
-                 "test_top5": res.top5, "test_loss": res.loss, "lr": optimizer.param_groups[0]["lr"],
+                 "test_top5": res.top5, "test_loss": res.loss, "test_images": res.n, "lr": optimizer.param_groups[0]["lr"],
                  "epoch_seconds": round(time.perf_counter() - t0, 3), "images_per_s": round(ips, 1)}
             metrics.append(m)
             checkpoint(epoch + 1, 0)

@@ -1,0 +1,124 @@
+"""pocketcnn.bench and ``pocketcnn bench``: sane records, no speed assertions."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pocketcnn
+from pocketcnn.bench import (RECORD_KEYS, BenchResult, _with_ratios, build_runtime, matmul_peak_gflops, measure,
+                             parse_runtimes)
+from pocketcnn.cli import cli
+from pocketcnn.errors import ConfigError
+
+SIZE = (3, 32, 32)
+
+
+def _check(r: BenchResult, batch: int) -> None:
+    assert r.batch_size == batch and r.runs >= 3
+    assert 0 < r.min_ms <= r.median_ms
+    assert math.isclose(r.images_per_s, batch / (r.median_ms / 1e3), rel_tol=1e-9)
+    assert r.peak_mem_mb is None or r.peak_mem_mb >= 0
+
+
+def test_measure_module_record_is_consistent():
+    model = pocketcnn.create_model("squeezenet1_1", num_classes=10, small_input=True)
+    r = measure(model, batch_size=2, input_size=SIZE, threads=1, warmup=1, min_time=0.0, repeats=3,
+                peak_gflops=100.0, runtime="eager")
+    _check(r, 2)
+    macs = pocketcnn.profile(model, SIZE).macs
+    assert r.model == "squeezenet1_1" and r.runtime == "eager" and r.threads == 1
+    assert math.isclose(r.gflops, 2 * macs * r.images_per_s / 1e9, rel_tol=1e-9)
+    assert math.isclose(r.peak_fraction, r.gflops / 100.0, rel_tol=1e-9)
+    assert r.vs_torchvision_eager is None and r.vs_torchvision_onnxruntime is None
+    assert set(RECORD_KEYS) <= set(r.to_dict())
+
+
+def test_measure_callable_without_macs_has_no_gflops():
+    calls = []
+    r = measure(lambda x: calls.append(x.shape), batch_size=3, input_size=SIZE, threads=1, warmup=2,
+                min_time=0.0, repeats=4, model_name="noop")
+    _check(r, 3)
+    assert len(calls) == 2 + r.runs and calls[0] == (3, *SIZE)
+    assert r.gflops is None and r.peak_fraction is None and r.model == "noop"
+
+
+def test_measure_rejects_bad_arguments():
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        measure(lambda x: x, batch_size=0)
+    with pytest.raises(ConfigError, match=r"\[3, 32\]"):
+        measure(lambda x: x, input_size=[3, 32])
+    with pytest.raises(ConfigError, match="threads=-1"):
+        measure(lambda x: x, threads=-1)
+
+
+def test_matmul_peak_is_positive():
+    assert matmul_peak_gflops(1, n=128, min_time=0.0) > 0
+
+
+def test_runtimes_are_validated():
+    assert parse_runtimes("eager, onnxruntime,eager") == ("eager", "onnxruntime")
+    with pytest.raises(ConfigError, match="Valid runtimes: eager, .*onnxruntime") as exc:
+        parse_runtimes("eager,tensorrt")
+    assert "'tensorrt'" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_int8_runtime_without_quantize_module_says_so(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pocketcnn.compress.quantize", None)  # as if not shipped
+    model = pocketcnn.create_model("squeezenet1_1", small_input=True).eval()
+    with pytest.raises(ConfigError, match="needs pocketcnn.compress.quantize"):
+        build_runtime("torch-int8", model, input_size=SIZE, threads=1, workdir=tmp_path)
+
+
+def test_ratios_divide_by_the_same_model_and_batch_reference():
+    def rec(runtime, ips, bs=1):
+        return BenchResult("m", runtime, bs, 1e3 * bs / ips, 1.0, ips, None, None, None)
+
+    out = _with_ratios([rec("onnxruntime", 300.0), rec("torchvision-eager", 100.0),
+                        rec("torchvision-onnxruntime", 200.0), rec("onnxruntime", 50.0, bs=32)])
+    assert out[0].vs_torchvision_eager == 3.0 and out[0].vs_torchvision_onnxruntime == 1.5
+    assert out[1].vs_torchvision_eager == 1.0
+    assert out[3].vs_torchvision_eager is None  # no reference at batch 32
+
+
+def test_cli_bench_json_records():
+    result = CliRunner().invoke(cli, ["bench", "squeezenet1_1", "--runtimes", "eager,onnxruntime",
+                                      "--batch-sizes", "1", "--input-size", "64", "--quick", "--json",
+                                      "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["runtime"] for r in records] == ["eager", "onnxruntime"]
+    for r in records:
+        assert set(RECORD_KEYS) <= set(r)
+        assert r["model"] == "squeezenet1_1" and r["batch_size"] == 1
+        assert 0 < r["min_ms"] <= r["median_ms"] and r["images_per_s"] > 0
+        assert r["gflops"] > 0 and r["peak_fraction"] > 0
+        assert r["vs_torchvision_eager"] is None
+
+
+def test_cli_bench_reference_table_and_plot(tmp_path):
+    png = tmp_path / "bench.png"
+    result = CliRunner().invoke(cli, ["bench", "squeezenet1_1", "--runtimes", "onnxruntime", "--batch-sizes", "2",
+                                      "--input-size", "32", "--threads", "1", "--reference", "--quick",
+                                      "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "torchvision-onnxruntime" in result.stdout and "vs tv ORT" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_bad_runtime_is_one_line():
+    result = CliRunner().invoke(cli, ["bench", "squeezenet1_1", "--runtimes", "eager,fast", "--quick"])
+    assert result.exit_code != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'fast'" in lines[0] and "Valid runtimes: eager" in lines[0]
+    assert "onnxruntime" in lines[0]
+
+
+def test_threads_are_restored():
+    before = torch.get_num_threads()
+    measure(lambda x: x, batch_size=1, input_size=SIZE, threads=1, warmup=0, min_time=0.0, repeats=1)
+    assert torch.get_num_threads() == before
