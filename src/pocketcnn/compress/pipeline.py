@@ -1,0 +1,163 @@
+"""Deep Compression end to end (Han et al., 2016): prune -> share weights -> Huffman code.
+
+::
+
+    result = deep_compress(model, sparsity=0.67, bits=6, finetune=train, evaluate=accuracy)
+    result.stages            # dense / pruned / quantized / coded: bytes, ratio, bits/param, accuracy
+    result.save("net.pcz", metadata={"classes": classes})
+
+``finetune(model, after_step)`` is the caller's training loop: it must call
+``after_step()`` after every optimizer step (that keeps pruned weights at zero, and
+shared weights shared). ``evaluate(model) -> float`` is any accuracy measure.
+
+``sparsity`` is the fraction of weights pruned. The SqueezeNet paper's "33% sparsity,
+6-bit, 0.47 MB" keeps 33% of the weights: ``sparsity=0.67``.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .cluster import Cluster, SharedWeights, check_bits, cluster_weights
+from .coding import GAP_BITS, PczStats, encode_pcz, save_pcz, to_entries
+from .prune import SCOPES, MaskGuard, check_sparsity, magnitude_prune, sparsity_of
+
+Finetune = Callable[[nn.Module, Callable[[], None]], None]
+Evaluate = Callable[[nn.Module], float]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the size table, like the paper's.
+
+    ``nbytes``: storage at this stage (``None`` for "coded" when the model lacks a registry
+    name); ``ratio``: dense bytes / nbytes; ``bits_per_param``: ``8 * nbytes / n_params``
+    over all parameters of the dense model; ``accuracy``: after the stage's fine-tuning
+    (``accuracy_before_finetune``: right after pruning or clustering), ``None`` without
+    ``evaluate``.
+    """
+
+    name: str
+    nbytes: int | None
+    ratio: float | None
+    bits_per_param: float | None
+    accuracy: float | None = None
+    accuracy_before_finetune: float | None = None
+
+
+@dataclass
+class CompressResult:
+    """The compressed model (a copy; the input is untouched), its masks and shared weights."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    shared: dict[str, Cluster]
+    stages: tuple[Stage, ...]
+    n_params: int
+    sparsity: float  # achieved, over all prunable weights
+    gap_bits: int = GAP_BITS
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no stage {name!r}; stages are {[s.name for s in self.stages]}")
+
+    @property
+    def bits_per_param(self) -> float | None:
+        """``8 * .pcz bytes / dense parameters`` (the file without caller metadata)."""
+        return self.stage("coded").bits_per_param
+
+    def save(self, path: str | Path, *, name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+             metadata: Mapping[str, Any] | None = None) -> PczStats:
+        """Write the ``.pcz`` file (see :func:`pocketcnn.compress.coding.save_pcz`)."""
+        return save_pcz(path, self.model, name=name, model_kwargs=model_kwargs, masks=self.masks,
+                        shared=self.shared, metadata=metadata, gap_bits=self.gap_bits)
+
+
+def stage_sizes(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Mapping[str, Cluster],
+                gap_bits: int = GAP_BITS) -> tuple[int, int, int]:
+    """``(dense, pruned, quantized)`` bytes, as Han et al. count them.
+
+    dense: 4 bytes per parameter. pruned: each masked weight tensor as sparse entries
+    (kept weights plus the fillers of gaps over ``2**gap_bits - 1``), each a float32 value
+    and a ``gap_bits`` relative index. quantized: each entry a ``bits`` index and a
+    ``gap_bits`` relative index, plus a float32 codebook. Other parameters: 4 bytes each.
+    """
+    params = dict(model.named_parameters())
+    n_params = sum(p.numel() for p in params.values())
+    dense_bits = pruned_bits = quant_bits = 32 * n_params
+    for name, mask in masks.items():
+        keep = mask.detach().cpu().flatten().numpy()
+        entries = len(to_entries(keep, np.zeros(keep.size, np.int64), gap_bits, filler=0)[0])
+        pruned_bits += entries * (32 + gap_bits) - 32 * keep.size
+        if name in shared:
+            cl = shared[name]
+            quant_bits += entries * (cl.bits + gap_bits) + 32 * cl.codebook.numel() - 32 * keep.size
+        else:
+            quant_bits += entries * (32 + gap_bits) - 32 * keep.size
+    return tuple(-(-b // 8) for b in (dense_bits, pruned_bits, quant_bits))  # type: ignore[return-value]
+
+
+def deep_compress(model: nn.Module, *, sparsity: float = 0.33, bits: int = 6, bits_fc: int | None = None,
+                  finetune: Finetune | None = None, evaluate: Evaluate | None = None, scope: str = "layer",
+                  kmeans_iters: int = 100, gap_bits: int = GAP_BITS) -> CompressResult:
+    """Prune, fine-tune, cluster, fine-tune the centroids, and measure every stage.
+
+    Works on a deep copy of ``model``. ``finetune`` is called once after pruning (with
+    ``MaskGuard.after_step``) and once after clustering (with ``SharedWeights.after_step``);
+    ``evaluate`` after every stage. The "coded" size is the real ``.pcz`` byte count
+    (without caller metadata) when the model came from ``create_model``.
+    """
+    check_sparsity(sparsity)
+    check_bits("bits", bits)
+    if bits_fc is not None:
+        check_bits("bits_fc", bits_fc)
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {SCOPES}, received scope={scope!r}")
+    for label, fn in (("finetune", finetune), ("evaluate", evaluate)):
+        if fn is not None and not callable(fn):
+            raise ConfigError(f"{label} must be callable or None, received {label}={fn!r}")
+    model = copy.deepcopy(model)
+    score = (lambda: float(evaluate(model))) if evaluate is not None else (lambda: None)
+    acc_dense = score()
+
+    masks = magnitude_prune(model, sparsity, scope=scope)
+    acc_pruned_raw = acc_pruned = score()
+    if finetune is not None:
+        with MaskGuard(model, masks) as guard:
+            finetune(model, guard.after_step)
+            guard.after_step()  # in case the loop's last step was not followed by after_step
+        acc_pruned = score()
+
+    shared = cluster_weights(model, masks, bits=bits, bits_fc=bits_fc, iters=kmeans_iters)
+    acc_quant_raw = acc_quant = score()
+    if finetune is not None:
+        with SharedWeights(model, shared, masks) as sw:
+            finetune(model, sw.after_step)
+            sw.after_step()
+            shared = sw.clusters()
+        acc_quant = score()
+
+    n_params = sum(p.numel() for p in model.parameters())
+    dense, pruned, quant = stage_sizes(model, masks, shared, gap_bits)
+    coded = None
+    if getattr(model, "pocketcnn_name", None) is not None:
+        coded = len(encode_pcz(model, masks=masks, shared=shared, gap_bits=gap_bits)[0])
+
+    def row(name: str, nbytes: int | None, acc: float | None, acc_raw: float | None = None) -> Stage:
+        if nbytes is None:
+            return Stage(name, None, None, None, acc, acc_raw)
+        return Stage(name, nbytes, dense / nbytes, 8 * nbytes / n_params, acc, acc_raw)
+
+    stages = (row("dense", dense, acc_dense), row("pruned", pruned, acc_pruned, acc_pruned_raw),
+              row("quantized", quant, acc_quant, acc_quant_raw), row("coded", coded, acc_quant))
+    return CompressResult(model, masks, shared, stages, n_params, sparsity_of(masks), gap_bits)
