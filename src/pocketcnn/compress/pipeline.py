@@ -107,7 +107,7 @@ def stage_sizes(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Map
     return tuple(-(-b // 8) for b in (dense_bits, pruned_bits, quant_bits))  # type: ignore[return-value]
 
 
-def deep_compress(model: nn.Module, *, sparsity: float = 0.33, bits: int = 6, bits_fc: int | None = None,
+def deep_compress(model: nn.Module, *, sparsity: float = 0.67, bits: int = 6, bits_fc: int | None = None,
                   finetune: Finetune | None = None, evaluate: Evaluate | None = None, scope: str = "layer",
                   kmeans_iters: int = 100, gap_bits: int = GAP_BITS) -> CompressResult:
     """Prune, fine-tune, cluster, fine-tune the centroids, and measure every stage.

@@ -1,0 +1,77 @@
+"""``pocketcnn compress``: Deep Compression of a trained checkpoint into a ``.pcz`` file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .common import echo_json, err_console, out_console
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.67, show_default=True,
+              help="Fraction of conv/linear weights pruned (0.67 keeps 33%, the SqueezeNet paper's setting).")
+@click.option("--bits", type=click.IntRange(1, 12), default=6, show_default=True, help="Codebook bits (conv).")
+@click.option("--bits-fc", type=click.IntRange(1, 12), help="Codebook bits for linear layers (default: --bits).")
+@click.option("--finetune-epochs", type=click.IntRange(0), default=2, show_default=True,
+              help="Fine-tuning epochs after pruning and again after clustering (0: none).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Fine-tuning learning rate "
+              "(default: a tenth of the checkpoint's).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder (default: the checkpoint's).")
+@click.option("--train-samples", type=click.IntRange(1), help="Fine-tuning subset (default: the checkpoint's).")
+@click.option("--test-samples", type=click.IntRange(1), help="Evaluation subset (default: the whole test split).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output .pcz (default: next to the checkpoint).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def compress(checkpoint, sparsity, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
+             as_json) -> None:
+    """Prune, share weights (k-means) and Huffman-code CHECKPOINT, reporting size and accuracy per stage."""
+    from ..compress.pipeline import deep_compress
+    from ..data import DataSpec, balanced_subset, load_dataset
+    from ..errors import CheckpointError
+    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..train.config import TrainConfig
+    from ..train.engine import evaluate, fit
+
+    ckpt = load_checkpoint(checkpoint)
+    if not ckpt.get("data") or not ckpt.get("config"):
+        raise CheckpointError(f"{checkpoint}: no data description or training config in the checkpoint")
+    spec = DataSpec.from_dict(ckpt["data"])
+    base = TrainConfig.from_dict(ckpt["config"])
+    data_dir = data_dir or base.data_dir
+    test = balanced_subset(load_dataset(base.data, "test", data_dir), test_samples, seed=0)
+    model = model_from_checkpoint(ckpt)
+    ft_cfg = base.replace(epochs=finetune_epochs or 1, lr=lr or base.lr / 10, warmup_epochs=0.0, ema=False,
+                          data_dir=data_dir, train_samples=train_samples or base.train_samples,
+                          test_samples=min(test_samples or 1000, 1000))
+
+    def finetune(m, after_step) -> None:
+        fit(ft_cfg, model=m, after_step=after_step, save=False)
+
+    def accuracy(m) -> float:
+        return evaluate(m, test, spec, batch_size=512, device=next(m.parameters()).device).top1
+
+    if not as_json:
+        err_console.print(f"compressing {ckpt['model']}: sparsity {sparsity}, {bits}-bit codebooks, "
+                          f"{finetune_epochs} fine-tuning epochs per stage")
+    result = deep_compress(model.cpu(), sparsity=sparsity, bits=bits, bits_fc=bits_fc,
+                           finetune=finetune if finetune_epochs else None, evaluate=accuracy)
+    path = Path(out) if out else Path(checkpoint).with_suffix(".pcz")
+    result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
+    file_bytes = path.stat().st_size
+    report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "file": str(path), "file_bytes": file_bytes,
+              "params": result.n_params, "bits_per_param": 8 * file_bytes / result.n_params,
+              "sparsity": result.sparsity, "bits": bits, "bits_fc": bits_fc or bits,
+              "finetune_epochs": finetune_epochs, "test_images": len(test),
+              "stages": [s.__dict__ for s in result.stages]}
+    if as_json:
+        echo_json(report)
+        return
+    table = Table("stage", "bytes", "x smaller", "bits/param", "top-1 %", title=f"Deep Compression of {ckpt['model']}")
+    for s in result.stages:
+        table.add_row(s.name, f"{s.nbytes:,}" if s.nbytes else "-", f"{s.ratio:.1f}" if s.ratio else "-",
+                      f"{s.bits_per_param:.2f}" if s.bits_per_param else "-",
+                      f"{s.accuracy:.2f}" if s.accuracy is not None else "-")
+    out_console.print(table)
+    click.echo(f"wrote {path}: {file_bytes:,} bytes, {report['bits_per_param']:.2f} bits per parameter")
