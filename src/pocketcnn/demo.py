@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .analysis import profile
-from .data import DataSpec, dataset_spec, load_dataset
+from .data import DataSpec, balanced_subset, dataset_spec, load_dataset
 from .errors import ConfigError
 from .registry import model_info
 from .train.checkpoint import atomic_write_text, model_from_checkpoint
@@ -85,7 +85,7 @@ def cpu_speed(model: torch.nn.Module, input_size: tuple[int, int, int], batch: i
 
 
 def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float = 10.0, out: str | Path = "runs/demo",
-             data_dir: str | None = None, fresh: bool = False,
+             data_dir: str | None = None, fresh: bool = False, test_samples: int | None = None,
              make_callbacks: Callable[[str], Callbacks | None] = lambda name: None,
              log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Train, evaluate and measure ``models``; returns the leaderboard dict (also written to ``out``)."""
@@ -98,7 +98,8 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    test_full = load_dataset("fashion-mnist", "test", data_dir)  # verifies the files (cached afterwards)
+    # verifies the files (the verdict is cached); the leaderboard uses the whole split by default
+    test_full = balanced_subset(load_dataset("fashion-mnist", "test", data_dir), test_samples)
     spec = dataset_spec("fashion-mnist", test_full)
     plan_file = out / "plan.json"
     if plan_file.exists() and not fresh and set(json.loads(plan_file.read_text())["speeds"]) == set(models):
@@ -116,7 +117,7 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
         result_file = run_dir / "result.json"
         cfg = TrainConfig.from_dict({**recipe(name), "model": name, "data_dir": data_dir, "epochs": plan.epochs,
                                      "batch_size": BATCH, "train_samples": plan.train_samples,
-                                     "test_samples": TRAIN_TEST_SAMPLES, "out": str(run_dir),
+                                     "test_samples": min(TRAIN_TEST_SAMPLES, len(test_full)), "out": str(run_dir),
                                      "warmup_epochs": min(1.0, plan.epochs / 5)})
         if result_file.exists() and not fresh and json.loads(result_file.read_text()).get("config") == cfg.to_dict():
             log(f"{name}: reusing finished run {run_dir}")

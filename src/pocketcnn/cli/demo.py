@@ -16,9 +16,11 @@ from .train import RichProgress
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Fashion-MNIST folder ($POCKETCNN_DATA_DIR).")
 @click.option("--fresh", is_flag=True, help="Retrain even if finished runs exist.")
+@click.option("--test-samples", type=click.IntRange(10), help="Rank on a class-balanced test subset "
+              "(default: all 10,000 test images).")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def demo(models, budget_minutes, out, data_dir, fresh, as_json, quiet) -> None:
+def demo(models, budget_minutes, out, data_dir, fresh, test_samples, as_json, quiet) -> None:
     """Train AlexNet, SqueezeNet and MobileNets on Fashion-MNIST and rank them.
 
     Writes OUT/leaderboard.json, report.md, pareto.png and curves.png.
@@ -29,7 +31,7 @@ def demo(models, budget_minutes, out, data_dir, fresh, as_json, quiet) -> None:
     log = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"[dim]demo:[/dim] {msg}"))
     show_bar = not quiet and err_console.is_terminal
     board = run_demo(names, budget_minutes=budget_minutes, out=out, data_dir=data_dir, fresh=fresh,
-                     make_callbacks=lambda name: RichProgress(show_bar), log=log)
+                     test_samples=test_samples, make_callbacks=lambda name: RichProgress(show_bar), log=log)
     if as_json:
         echo_json(board)
         return
