@@ -67,7 +67,7 @@ def test_quantize_onnx_int8_runs_smaller_and_agrees(model, fp32_onnx, tmp_path, 
 
 def test_quantize_onnx_static_batch_and_errors(model, tmp_path):
     fixed = export_onnx(model, tmp_path / "fixed.onnx", input_size=(1, 28, 28))  # batch 1: calibration is split
-    out = quantize_onnx(fixed, tmp_path / "fixed.int8.onnx", batches(1, 8), activation_type="quint8")
+    out = quantize_onnx(fixed, tmp_path / "fixed.int8.onnx", batches(1, 8), activation_type="qint8")
     assert OnnxRunner(out).run(batches(1, 3)[0]).shape == (3, 10)
     with pytest.raises(DataError, match="at least one calibration batch"):
         quantize_onnx(fixed, tmp_path / "x.onnx", [])
@@ -92,9 +92,9 @@ def test_quantize_torch_fx_and_its_checkpoint(model, tmp_path):
 
 def test_qat_runs_and_converts(model):
     g = torch.Generator().manual_seed(0)
-    xs, ys = torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    xs, ys = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
     losses = []
-    q = qat_torch(model, lambda: [(xs[:16], ys[:16]), (xs[16:], ys[16:])], epochs=2, lr=1e-3,
+    q = qat_torch(model, lambda: [(xs, ys)], epochs=2, lr=1e-3,
                   on_epoch=lambda e, loss: losses.append((e, loss)))
     assert [e for e, _ in losses] == [1, 2] and all(np.isfinite(v) for _, v in losses)
     with torch.no_grad():
