@@ -11,6 +11,7 @@ TORCH_PIN ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 endif
+EXTRAS ?= dev
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 data:
