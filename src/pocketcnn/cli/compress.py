@@ -18,7 +18,7 @@ from .common import echo_json, err_console, out_console
 @click.option("--finetune-epochs", type=click.IntRange(0), default=2, show_default=True,
               help="Fine-tuning epochs after pruning and again after clustering (0: none).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Fine-tuning learning rate "
-              "(default: a tenth of the checkpoint's).")
+              "(default: the checkpoint's; short runs are far from converged and need it).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder (default: the checkpoint's).")
 @click.option("--train-samples", type=click.IntRange(1), help="Fine-tuning subset (default: the checkpoint's).")
 @click.option("--test-samples", type=click.IntRange(1), help="Evaluation subset (default: the whole test split).")
@@ -42,7 +42,7 @@ def compress(checkpoint, sparsity, bits, bits_fc, finetune_epochs, lr, data_dir,
     data_dir = data_dir or base.data_dir
     test = balanced_subset(load_dataset(base.data, "test", data_dir), test_samples, seed=0)
     model = model_from_checkpoint(ckpt)
-    ft_cfg = base.replace(epochs=finetune_epochs or 1, lr=lr or base.lr / 10, warmup_epochs=0.0, ema=False,
+    ft_cfg = base.replace(epochs=finetune_epochs or 1, lr=lr or base.lr, warmup_epochs=0.0, ema=False,
                           data_dir=data_dir, train_samples=train_samples or base.train_samples,
                           test_samples=min(test_samples or 1000, 1000))
 
