@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import pocketcnn
 from pocketcnn.bench import (RECORD_KEYS, BenchResult, _with_ratios, build_runtime, matmul_peak_gflops, measure,
-                             parse_runtimes)
+                             measure_many, parse_runtimes)
 from pocketcnn.cli import cli
 from pocketcnn.errors import ConfigError
 
@@ -122,3 +122,31 @@ def test_threads_are_restored():
     before = torch.get_num_threads()
     measure(lambda x: x, batch_size=1, input_size=SIZE, threads=1, warmup=0, min_time=0.0, repeats=1)
     assert torch.get_num_threads() == before
+
+
+def test_measure_many_interleaves_and_drops_a_failing_runtime():
+    calls = []
+
+    def broken(x):
+        raise RuntimeError("no kernel for this shape\nsecond line")
+
+    errors = {}
+    out = measure_many({"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b"), "bad": broken},
+                       batch_size=1, input_size=SIZE, threads=1, warmup=1, min_time=0.0, repeats=3,
+                       model_name="m", errors=errors)
+    assert [r.runtime for r in out] == ["a", "b"] and all(r.runs == 3 for r in out)
+    assert set(errors) == {"bad"}
+    rounds = [calls[i:i + 2] for i in range(2, len(calls), 2)]  # after the warm-up: one visit each per round
+    assert len(rounds) == 3 and all(sorted(r) == ["a", "b"] for r in rounds)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime-int8", "torch-int8"])
+def test_int8_runtimes_run_when_available(runtime, tmp_path):
+    pytest.importorskip("pocketcnn.compress.quantize")
+    model = pocketcnn.create_model("squeezenet1_1", small_input=True).eval()
+    rt = build_runtime(runtime, model, input_size=SIZE, threads=1, workdir=tmp_path)
+    r = measure(rt.fn, batch_size=2, input_size=SIZE, threads=1, warmup=1, min_time=0.0, repeats=3,
+                macs=pocketcnn.profile(model, SIZE).macs, peak_gflops=100.0, runtime=runtime)
+    _check(r, 2)
+    with torch.inference_mode():
+        assert tuple(rt.fn(torch.randn(2, *SIZE)).shape) == (2, 1000)
