@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -65,13 +64,6 @@ def test_runtimes_are_validated():
     with pytest.raises(ConfigError, match="Valid runtimes: eager, .*onnxruntime") as exc:
         parse_runtimes("eager,tensorrt")
     assert "'tensorrt'" in str(exc.value) and "\n" not in str(exc.value)
-
-
-def test_int8_runtime_without_quantize_module_says_so(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "pocketcnn.compress.quantize", None)  # as if not shipped
-    model = pocketcnn.create_model("squeezenet1_1", small_input=True).eval()
-    with pytest.raises(ConfigError, match="needs pocketcnn.compress.quantize"):
-        build_runtime("torch-int8", model, input_size=SIZE, threads=1, workdir=tmp_path)
 
 
 def test_ratios_divide_by_the_same_model_and_batch_reference():

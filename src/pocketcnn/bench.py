@@ -16,8 +16,9 @@ Runtimes (``RUNTIMES``), each taking the same ``(N, C, H, W)`` float32 batch:
 - ``channels_last``: the same with weights (and so activations) in NHWC;
 - ``compiled``: ``torch.compile`` (Inductor); compiled during the warm-up;
 - ``optimized``: :func:`pocketcnn.optimize` with ``backend="auto"``, pocketcnn's fastest
-  fp32 path for the device (ONNX Runtime on the BN-folded graph on CPU); the record's
-  ``note`` says which engine ran;
+  fp32 path for the device. On CPU that is ONNX Runtime on the BN-folded graph, with a
+  batch split across one single-thread session per thread (batch 1 runs in one session
+  with all threads, exactly like ``onnxruntime``); the record's ``note`` says so;
 - ``optimized-torch``: :func:`pocketcnn.optimize` in PyTorch (BN folded, channels-last,
   ``torch.jit.freeze``);
 - ``onnxruntime``: the BN-folded model exported to ONNX, one ONNX Runtime session with
@@ -489,17 +490,6 @@ def measure(
 
 # --- runtimes ---------------------------------------------------------------------------------
 
-def _quantize_module(runtime: str):
-    try:
-        from .compress import quantize
-    except ImportError as exc:
-        if getattr(exc, "name", "") in ("pocketcnn.compress.quantize", "pocketcnn.compress"):
-            raise ConfigError(f"runtime {runtime!r} needs pocketcnn.compress.quantize, which this build "
-                              "does not have") from None
-        raise
-    return quantize
-
-
 def _calibration(input_size: tuple[int, int, int], batches: int = 4, batch: int = 2) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return [torch.randn(batch, *input_size, generator=gen) for _ in range(batches)]
@@ -556,13 +546,13 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
             path = export_onnx(export_model, workdir / f"{tag}.onnx", input_size=input_size, dynamic_batch=True)
         note = RUNTIMES.get(name) or REFERENCE_RUNTIMES[name]
         if name == "onnxruntime-int8":
-            quantize = _quantize_module(name)
+            from .compress import quantize
             calib = [b.numpy() for b in _calibration(input_size)]
             path = quantize.quantize_onnx(path, workdir / f"{tag}.int8.onnx", calib, per_channel=True)
             note += " (calibrated on random inputs: speed only)"
         return Runtime(name, OnnxRuntimeModule(path, threads=threads, shards=1, note=note), note)
     if name == "torch-int8":
-        quantize = _quantize_module(name)
+        from .compress import quantize
         qmodel = quantize.quantize_torch(copy.deepcopy(model), _calibration(input_size))
         return Runtime(name, qmodel, RUNTIMES[name] + " (calibrated on random inputs: speed only)")
     raise ConfigError(f"unknown runtime {name!r}. Valid runtimes: {', '.join([*RUNTIMES, *REFERENCE_RUNTIMES])}")
