@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .analysis import profile
+from .bench import matmul_peak_gflops, measure
 from .data import DataSpec, balanced_subset, dataset_spec, load_dataset
 from .errors import ConfigError
 from .registry import model_info
@@ -74,9 +75,9 @@ def estimate_seconds(n: int, epochs: int, train_ips: float, eval_ips: float, par
     """One model's demo: training, per-epoch and final evaluation, speed measurements, checkpoints."""
     train = epochs * n / train_ips
     evaluation = (epochs * TRAIN_TEST_SAMPLES + test_images) / eval_ips
-    measure = 30 * 3 / eval_ips * 8 + 8 * 64 / eval_ips  # ~30 batch-1 runs (slow per image) and 8 of 64
+    timing = 2 * 0.5 + 20 * 64 / eval_ips  # bench.measure: 0.5 s per batch size, plus warm-up
     checkpoints = epochs * params * 12 / 150e6  # weights + two AdamW moments, ~150 MB/s
-    return 10.0 + train + evaluation + measure + checkpoints
+    return 10.0 + train + evaluation + timing + checkpoints
 
 
 def make_plan(models: tuple[str, ...], budget_s: float, spec: DataSpec, test_images: int) -> Plan:
@@ -89,19 +90,6 @@ def make_plan(models: tuple[str, ...], budget_s: float, spec: DataSpec, test_ima
 
     n, epochs = next(((n, e) for n, e in LADDER if total(n, e) <= usable), LADDER[-1])
     return Plan(n, epochs, total(n, epochs), {m: round(s[0], 1) for m, s in speeds.items()})
-
-
-def cpu_speed(model: torch.nn.Module, input_size: tuple[int, int, int], batch: int, repeats: int) -> float:
-    """Median seconds per forward pass (eval, inference mode) after warm-up."""
-    x = torch.randn(batch, *input_size)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            t0 = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float = 10.0, out: str | Path = "runs/demo",
@@ -132,6 +120,7 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
         log(f"plan: {plan.train_samples} training images x {plan.epochs} epochs per model "
             f"(estimated {plan.estimated_seconds / 60:.1f} min)")
     rows, curves = [], {}
+    peak = None  # the machine's matmul peak, measured once when the first model is timed
     for name in models:
         run_dir = out / name
         result_file = run_dir / "result.json"
@@ -150,11 +139,12 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
         full = evaluate(model, test_full, spec, batch_size=512)
         size = (spec.in_chans, spec.image_size, spec.image_size)
         prof = profile(model, size, name=name)
-        lat = cpu_speed(model, size, 1, 30)
-        thr = 64 / cpu_speed(model, size, 64, 5)
+        peak = peak if peak is not None else matmul_peak_gflops(torch.get_num_threads())
+        speed = {bs: measure(model, batch_size=bs, input_size=size, min_time=0.5, macs=prof.macs, peak_gflops=peak,
+                             model_name=name) for bs in (1, 64)}
         row = {"model": name, "top1": round(full.top1, 2), "top5": round(full.top5, 2), "params": prof.params,
-               "size_mb": round(prof.size_mb, 3), "macs": prof.macs, "latency_ms": round(1000 * lat, 3),
-               "images_per_s": round(thr, 1), "train_seconds": round(res.wall_seconds, 1),
+               "size_mb": round(prof.size_mb, 3), "macs": prof.macs, "latency_ms": round(speed[1].median_ms, 3),
+               "images_per_s": round(speed[64].images_per_s, 1), "train_seconds": round(res.wall_seconds, 1),
                "best_top1_subset": round(res.best_top1, 2)}
         atomic_write_text(result_file, json.dumps({"config": cfg.to_dict(), "row": row, "metrics": res.metrics}, indent=2))
         rows.append(row)
@@ -201,6 +191,6 @@ def report(board: dict[str, Any]) -> str:
     for r in board["rows"]:
         lines.append(f"| {r['model']} | {r['top1']:.2f} | {r['params']:,} | {r['size_mb']:.2f} | "
                      f"{r['macs'] / 1e6:.1f}M | {r['latency_ms']:.2f} | {r['images_per_s']:,.0f} |")
-    lines += ["", "Latency and throughput: eager PyTorch on the CPU, median of repeated runs.",
+    lines += ["", "Latency and throughput: eager PyTorch on the CPU (pocketcnn.bench.measure: warm-up, median).",
               "", "![accuracy vs cost](pareto.png)", "", "![learning curves](curves.png)", ""]
     return "\n".join(lines)
