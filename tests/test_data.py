@@ -226,6 +226,10 @@ def test_data_spec_round_trip():
     assert DataSpec.from_dict({k: v for k, v in d.items() if k not in ("in_chans", "image_size")}) == spec
     with pytest.raises(DataError, match="std"):
         DataSpec.from_dict({k: v for k, v in d.items() if k != "std"})
+    assert d["resize_size"] == 32 and DataSpec.from_dict({k: v for k, v in d.items() if k != "resize_size"}) == spec
+    assert DataSpec.from_dict({**d, "resize_size": 36}).resize_size == 36
+    with pytest.raises(DataError, match="resize_size must be at least image_size=32, received resize_size=30"):
+        DataSpec.from_dict({**d, "resize_size": 30})
     assert len(D.CIFAR100_CLASSES) == 100 == len(set(D.CIFAR100_CLASSES))
 
 

@@ -189,6 +189,7 @@ def test_cli_export_name_with_imagenet_weights(tmp_path, cli_runner):
     assert d["input_size"] == [3, 224, 224] and d["verification"]["inputs"] == "2 random inputs"
     meta = read_onnx_metadata(out)
     assert meta["dataset"] == "imagenet" and len(meta["classes"]) == 1000 and meta["std"] == [0.229, 0.224, 0.225]
+    assert meta["image_size"] == 224 and meta["resize_size"] == 256  # torchvision's eval transform
 
 
 def test_cli_export_errors_are_one_line(tmp_path, cli_runner):

@@ -12,7 +12,7 @@ import pocketcnn
 import pocketcnn.deploy.predict as P
 from pocketcnn.deploy.export import ModelSource, build_metadata, export_onnx, imagenet_classes
 from pocketcnn.deploy.predict import Prediction, load_image, load_predictor, to_model_mode
-from pocketcnn.errors import CheckpointError, DataError
+from pocketcnn.errors import CheckpointError, ConfigError, DataError
 from pocketcnn.train.checkpoint import save_checkpoint
 
 KWARGS = {"num_classes": 10, "in_chans": 1, "small_input": True}
@@ -129,6 +129,29 @@ def test_unreadable_model_files(files, tmp_path):
         load_predictor(plain)
 
 
+def test_fp32_models_run_on_the_fastest_runtime_by_default(files):
+    """auto = the BN-folded graph in ONNX Runtime; its probabilities equal eager PyTorch's."""
+    images = [files["images"]["gray.png"], files["images"]["color.jpg"], files["images"]["rgba.png"]]
+    fast, eager = load_predictor(files["ckpt"]), load_predictor(files["ckpt"], runtime="torch")
+    assert (fast.runtime, eager.runtime) == ("onnxruntime", "torch")
+    assert load_predictor(files["ckpt"], runtime="onnxruntime").runtime == "onnxruntime"
+    x = torch.stack([eager.preprocess(i) for i in images]).numpy()
+    np.testing.assert_allclose(fast.runner.run(x), eager.runner.run(x), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(eager.runner.run(x), files["model"](torch.from_numpy(x)).numpy(), atol=1e-6)
+    for a, b in zip(fast.predict(images), eager.predict(images)):
+        assert [t.index for t in a.topk] == [t.index for t in b.topk]
+    with pytest.raises(ConfigError, match="runtime must be one of auto, torch, onnxruntime"):
+        load_predictor(files["ckpt"], runtime="tensorrt")
+
+
+def test_auto_falls_back_to_eager_without_onnxruntime(files, monkeypatch):
+    import pocketcnn.optimize as O
+
+    monkeypatch.setattr(O, "_onnxruntime_available", lambda: False)
+    assert load_predictor(files["ckpt"]).runtime == "torch"
+
+
 def test_pt2_int8_onnx_and_pcz_predict(files, tmp_path):
     from pocketcnn.compress.quantize import quantize_onnx
     from pocketcnn.deploy.export import export_pt2
@@ -146,6 +169,7 @@ def test_pt2_int8_onnx_and_pcz_predict(files, tmp_path):
     coding.save_pcz(pcz, files["model"], metadata={"data": DATA})
     r = load_predictor(pcz).predict(img)[0]
     assert r.topk[0].index == ref and r.topk[0].label == CLASSES[ref]
+    assert load_predictor(pcz, runtime="torch").predict(img)[0].topk[0].index == ref
 
 
 def test_three_channel_model_takes_gray_images(files, tmp_path):
@@ -207,3 +231,39 @@ def test_cli_predict_name_with_imagenet_weights(files, tmp_path, cli_runner):
     top = json.loads(res.stdout)[0]["topk"]
     names = imagenet_classes()
     assert len(top) == 3 and all(t["label"] == names[t["index"]] for t in top)
+
+
+def test_cli_predict_runtime_choice(files, cli_runner):
+    from pocketcnn.cli import cli
+
+    img = str(files["images"]["color.jpg"])
+    outs = {}
+    for rt in ("auto", "torch", "onnxruntime"):
+        res = cli_runner.invoke(cli, ["predict", str(files["ckpt"]), img, "--runtime", rt, "--json", "--topk", "3"])
+        assert res.exit_code == 0, res.output
+        outs[rt] = json.loads(res.stdout)[0]["topk"]
+    assert [t["index"] for t in outs["auto"]] == [t["index"] for t in outs["torch"]] == [t["index"] for t in outs["onnxruntime"]]
+    assert abs(outs["auto"][0]["prob"] - outs["torch"][0]["prob"]) < 1e-5
+    res = cli_runner.invoke(cli, ["predict", str(files["ckpt"]), img, "--runtime", "tensorrt"])
+    assert res.exit_code == 2 and "tensorrt" in res.stderr
+
+
+def test_imagenet_weights_use_torchvisions_resize_256_center_crop_224(tmp_path):
+    """The predictor (and the ONNX file exported from the same weights) resize the shorter side to
+    256 and center-crop 224, as torchvision's ImageNet weights were evaluated."""
+    from torchvision.transforms import v2
+
+    from pocketcnn.deploy.export import export_model, load_model_source
+
+    weights = tmp_path / "sq.pth"
+    torch.save(pocketcnn.create_model("squeezenet1_1").state_dict(), weights)
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    ref = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.PILToTensor(),
+                      v2.ToDtype(torch.float32, scale=True),
+                      v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])(img)
+    source = load_model_source("squeezenet1_1", weights)
+    x = P.predictor_from_source(source, runtime="torch").preprocess(img)
+    assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(x, ref, atol=1e-5, rtol=0)
+    onnx_path = export_model(source, tmp_path / "sq.onnx", format="onnx", verify_n=1).path
+    torch.testing.assert_close(load_predictor(onnx_path).preprocess(img), ref, atol=1e-5, rtol=0)

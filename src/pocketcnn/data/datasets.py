@@ -76,11 +76,19 @@ class DataSpec:
     mean: tuple[float, ...]  # per channel, [0, 1] units
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    # a user's image: shorter side resized to this, then center-cropped to image_size
+    # (None: image_size itself; torchvision's ImageNet weights use 256 for 224)
+    resize_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.resize_size is None:
+            object.__setattr__(self, "resize_size", self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (stored in checkpoints under ``"data"``); includes ``input_size`` [C, H, W]."""
         return {"name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
                 "image_size": self.image_size, "input_size": [self.in_chans, self.image_size, self.image_size],
+                "resize_size": self.resize_size,
                 "mean": list(self.mean), "std": list(self.std), "classes": list(self.classes)}
 
     @classmethod
@@ -88,11 +96,15 @@ class DataSpec:
         try:
             in_chans, image_size = (d["in_chans"], d["image_size"]) if "in_chans" in d else d["input_size"][:2]
             classes = tuple(str(c) for c in d["classes"])
-            return cls(str(d["name"]), int(d.get("num_classes", len(classes))), int(in_chans), int(image_size),
-                       tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]), classes)
+            resize = int(d.get("resize_size") or image_size)
+            spec = cls(str(d["name"]), int(d.get("num_classes", len(classes))), int(in_chans), int(image_size),
+                       tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]), classes, resize)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise DataError(f"not a data description (need name, in_chans, image_size, mean, std, classes): "
                             f"{type(exc).__name__} {exc} in {sorted(d) if isinstance(d, dict) else d!r}") from None
+        if resize < spec.image_size:
+            raise DataError(f"resize_size must be at least image_size={spec.image_size}, received resize_size={resize}")
+        return spec
 
 
 class TensorImageDataset(Dataset):

@@ -107,14 +107,15 @@ def normalize_batch(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[
 def pil_to_input(img: Image.Image, spec: DataSpec) -> torch.Tensor:
     """A user's image -> float32 normalized ``(spec.in_chans, S, S)``, ``S = spec.image_size``.
 
-    The image is converted to L (1 channel) or RGB (3), its shorter side resized to ``S``,
-    then center-cropped to ``S x S`` - the same preprocessing as ``imagefolder`` data.
+    The image is converted to L (1 channel) or RGB (3), its shorter side resized to
+    ``spec.resize_size`` (default ``S``: the same preprocessing as ``imagefolder`` data; 256
+    for torchvision's ImageNet weights at 224), then center-cropped to ``S x S``.
     """
     from torchvision.transforms import v2
 
     if spec.in_chans not in (1, 3):
         raise DataError(f"pil_to_input supports 1 or 3 input channels, received in_chans={spec.in_chans}")
     img = img.convert("L" if spec.in_chans == 1 else "RGB")
-    resize = v2.Compose([v2.Resize(spec.image_size, antialias=True), v2.CenterCrop(spec.image_size),
+    resize = v2.Compose([v2.Resize(spec.resize_size or spec.image_size, antialias=True), v2.CenterCrop(spec.image_size),
                          v2.PILToTensor()])
     return normalize_batch(resize(img)[None], spec.mean, spec.std)[0]

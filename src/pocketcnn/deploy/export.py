@@ -68,11 +68,12 @@ def imagenet_classes() -> list[str]:
 
 
 def imagenet_data(image_size: int = 224) -> dict[str, Any]:
-    """The preprocessing dict of torchvision's ImageNet weights."""
+    """The preprocessing dict of torchvision's ImageNet weights: shorter side to 256, center crop 224
+    (the 0.875 crop ratio, scaled for other sizes), ImageNet mean/std, the 1000 class names."""
     classes = imagenet_classes()
     return {"name": "imagenet", "num_classes": len(classes), "in_chans": 3, "image_size": image_size,
-            "input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "classes": classes}
+            "input_size": [3, image_size, image_size], "resize_size": round(image_size * 256 / 224),
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "classes": classes}
 
 
 def load_model_source(source: str | Path, weights: str | Path | None = None) -> ModelSource:
@@ -136,8 +137,8 @@ def build_metadata(source: ModelSource) -> dict[str, Any]:
     d = source.data
     return {"pocketcnn_version": __version__, "model": source.name, "model_kwargs": source.model_kwargs,
             "dataset": d["name"], "input_size": list(source.input_size), "in_chans": int(d["in_chans"]),
-            "image_size": int(d["image_size"]), "mean": list(d["mean"]), "std": list(d["std"]),
-            "classes": list(d["classes"])}
+            "image_size": int(d["image_size"]), "resize_size": int(d.get("resize_size") or d["image_size"]),
+            "mean": list(d["mean"]), "std": list(d["std"]), "classes": list(d["classes"])}
 
 
 def data_from_metadata(meta: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -146,7 +147,8 @@ def data_from_metadata(meta: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     return {"name": meta.get("dataset", "?"), "num_classes": len(meta["classes"]), "in_chans": meta["in_chans"],
             "image_size": meta["image_size"], "input_size": [meta["in_chans"], meta["image_size"], meta["image_size"]],
-            "mean": meta["mean"], "std": meta["std"], "classes": meta["classes"]}
+            "resize_size": meta.get("resize_size") or meta["image_size"], "mean": meta["mean"], "std": meta["std"],
+            "classes": meta["classes"]}
 
 
 # ------------------------------------------------------------------------------ writers

@@ -5,6 +5,12 @@ ONNX file (fp32 or int8), an ExecuTorch program (``.pte``), a ``torch.export`` a
 (``.pt2``) or a compressed model (``.pcz``); preprocessing (input size, channels, mean,
 std) and class names come from the file itself.
 
+A model held as PyTorch weights (an fp32 checkpoint, a ``.pcz`` file, a name with ImageNet
+weights) runs by default (``runtime="auto"``) on the fastest path measured on CPU: its
+BN-folded graph in ONNX Runtime (:func:`pocketcnn.optimize` with ``backend="auto"``; 1.3-2.2x
+the best PyTorch path for every model of the zoo, see ``benchmarks/bench_inference.py``).
+Outputs equal PyTorch eager's within float rounding; ``runtime="torch"`` keeps eager PyTorch.
+
 Each image is judged on its own: a missing, unreadable, truncated or oversized image gives
 a :class:`Prediction` with ``error`` set while the other images are still predicted.
 """
@@ -27,6 +33,7 @@ from .runtime import Runner, TorchRunner, open_runtime
 # PIL's own limit (Image.MAX_IMAGE_PIXELS) is honored too: its warning counts as an error.
 MAX_IMAGE_PIXELS = 64_000_000
 MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".pte", ".pt2", ".pcz")
+RUNTIMES = ("auto", "torch", "onnxruntime")  # for models held as PyTorch weights
 BATCH = 32
 
 
@@ -176,11 +183,16 @@ def _name(image: Any) -> str:
     return str(image)
 
 
-def load_predictor(path: str | Path, *, threads: int | None = None) -> Predictor:
+def load_predictor(path: str | Path, *, threads: int | None = None, runtime: str = "auto") -> Predictor:
     """A :class:`Predictor` for a model file: ``.pt`` checkpoint (fp32 or int8), ``.onnx``,
-    ``.pte``, ``.pt2`` or ``.pcz``. A missing or unreadable file is a CheckpointError."""
+    ``.pte``, ``.pt2`` or ``.pcz``. A missing or unreadable file is a CheckpointError.
+
+    ``runtime`` applies to fp32 checkpoints and ``.pcz`` files (see the module docstring);
+    exported files run in their own runtime and int8 checkpoints in PyTorch's.
+    """
     from .export import data_from_metadata
 
+    _check_runtime(runtime)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
@@ -198,14 +210,43 @@ def load_predictor(path: str | Path, *, threads: int | None = None) -> Predictor
 
         model, meta = load_pcz(path)
         data = _check_data(meta.get("data") if isinstance(meta, dict) else None, path)
-        return Predictor(TorchRunner(model), data, source=str(path), model=str(getattr(model, "pocketcnn_name", "")))
+        return Predictor(fp32_runner(model, data, runtime, threads), data, source=str(path),
+                         model=str(getattr(model, "pocketcnn_name", "")))
     if suffix in (".pt", ".pth"):
-        return _checkpoint_predictor(path)
+        return _checkpoint_predictor(path, runtime, threads)
     raise CheckpointError(f"{path}: unknown model file type {path.suffix!r} (expected one of "
                           f"{', '.join(MODEL_SUFFIXES)})")
 
 
-def _checkpoint_predictor(path: Path) -> Predictor:
+def _check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, received runtime={runtime!r}")
+
+
+def fp32_runner(model: torch.nn.Module, data: Mapping[str, Any], runtime: str = "auto",
+                threads: int | None = None) -> Runner:
+    """The runner for an fp32 PyTorch model: eager (``"torch"``), or its BN-folded graph in
+    ONNX Runtime (``"onnxruntime"``; ``"auto"`` when ONNX Runtime is installed and the model
+    exports, else eager)."""
+    from ..optimize import OnnxRuntimeModule, optimize
+
+    _check_runtime(runtime)
+    if runtime == "torch":
+        return TorchRunner(model)
+    size = (int(data["in_chans"]), int(data["image_size"]), int(data["image_size"]))
+    try:
+        fast = optimize(model.cpu(), example_input=size, backend="auto" if runtime == "auto" else "onnxruntime",
+                        threads=threads or None)
+    except PocketCNNError:
+        if runtime == "auto":
+            return TorchRunner(model)
+        raise
+    if not isinstance(fast, OnnxRuntimeModule):  # auto without ONNX Runtime: eager is the measured fallback
+        return TorchRunner(model)
+    return TorchRunner(fast, runtime="onnxruntime")
+
+
+def _checkpoint_predictor(path: Path, runtime: str = "auto", threads: int | None = None) -> Predictor:
     from ..registry import create_model
     from ..train.checkpoint import load_checkpoint, model_from_checkpoint
     from .export import _check_data
@@ -224,10 +265,11 @@ def _checkpoint_predictor(path: Path) -> Predictor:
             raise CheckpointError(f"{path}: int8 weights do not fit model {ckpt['model']!r}: "
                                   f"{str(exc).strip().splitlines()[0][:200]}") from None
         return Predictor(TorchRunner(model, runtime="torch-int8"), data, source=str(path), model=str(ckpt["model"]))
-    return Predictor(TorchRunner(model_from_checkpoint(ckpt)), data, source=str(path), model=str(ckpt["model"]))
+    return Predictor(fp32_runner(model_from_checkpoint(ckpt), data, runtime, threads), data, source=str(path),
+                     model=str(ckpt["model"]))
 
 
-def predictor_from_source(source: Any) -> Predictor:
+def predictor_from_source(source: Any, *, runtime: str = "auto", threads: int | None = None) -> Predictor:
     """A :class:`Predictor` for a :class:`~pocketcnn.deploy.export.ModelSource` (e.g. a name + ImageNet weights)."""
-    return Predictor(TorchRunner(source.model), source.data, source=str(source.path or source.name), model=source.name)
-
+    return Predictor(fp32_runner(source.model, source.data, runtime, threads), source.data,
+                     source=str(source.path or source.name), model=source.name)
