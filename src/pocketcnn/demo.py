@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .registry import model_info
 from .train.checkpoint import atomic_write_text, model_from_checkpoint
 from .train.config import TrainConfig, recipe
-from .train.engine import Callbacks, build_model, evaluate, fit, make_optimizer
+from .train.engine import Callbacks, amp_enabled, build_model, evaluate, fit, make_optimizer
 
 DEFAULT_MODELS = ("alexnet", "squeezenet1_1", "mobilenet_v1", "mobilenet_v3_small")
 # (train images, epochs), most to least; the first that fits the budget is used for every model
@@ -44,9 +44,10 @@ class Plan:
 
 
 def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[float, float]:
-    """(training, evaluation) images/s of the engine's real step: the recipe's optimizer,
-    channels-last, gradient clipping, batch 128; one warm-up step is not timed."""
+    """(training, evaluation) images/s of the engine's real step: the recipe's optimizer and
+    mixed precision, channels-last, gradient clipping, batch 128; one warm-up step is not timed."""
     cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name})
+    amp = amp_enabled(cfg.amp, torch.device("cpu"))
     model = build_model(cfg, spec).train().to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
     x = torch.randn(BATCH, spec.in_chans, spec.image_size, spec.image_size).contiguous(memory_format=torch.channels_last)
@@ -55,7 +56,8 @@ def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[flo
     for i in range(steps + 1):
         if i == 1:
             t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

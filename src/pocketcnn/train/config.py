@@ -38,7 +38,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: tuple[str, ...] = ("crop", "flip")
     crop_padding: int = 2
-    amp: bool = False
+    # mixed precision: True, False or "auto" (fp16 on CUDA; bf16 on a CPU with native bf16
+    # instructions, AVX512-BF16 or AMX, where it is measured faster; off elsewhere)
+    amp: bool | str = False
     channels_last: bool = True  # oneDNN's fast path on CPU, tensor cores' on CUDA
     ema: bool = False
     ema_decay: float = 0.998
@@ -77,6 +79,8 @@ class TrainConfig:
                 f"need weight_decay >= 0, 0 <= label_smoothing < 1, warmup_epochs >= 0; received "
                 f"weight_decay={self.weight_decay}, label_smoothing={self.label_smoothing}, warmup_epochs={self.warmup_epochs}"
             )
+        if not (isinstance(self.amp, bool) or self.amp == "auto"):
+            raise ConfigError(f"amp must be true, false or \"auto\", received amp={self.amp!r}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), received ema_decay={self.ema_decay!r}")
         if self.workers < 0:
@@ -129,8 +133,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # runs on Fashion-MNIST subsets (6,000 images, 3 epochs); the CLI's flags override them.
 RECIPES: dict[str, dict[str, Any]] = {
     # no batch norm: Adam keeps the deep plain stacks moving; SqueezeNet's final ReLU dies at lr >= 3e-3
-    "alexnet": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "model_kwargs": {"drop_rate": 0.5}},
-    "squeezenet": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "model_kwargs": {"drop_rate": 0.2}},
+    "alexnet": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "amp": "auto",
+                "model_kwargs": {"drop_rate": 0.5}},
+    # bf16 autocast where the hardware has it (amp "auto"): on an AVX512-BF16 CPU SqueezeNet trains
+    # 1.8x and AlexNet 1.36x faster at the same accuracy (fp32 vs bf16 top-1, 10,000 images x 3
+    # epochs: squeezenet1_1 74.5 / 75.1, squeezenet1_0 74.65 / 73.9, alexnet 78.55 / 78.35);
+    # MobileNet's depthwise convolutions run slower in bf16 there, so theirs stays off
+    "squeezenet": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": "auto",
+                   "model_kwargs": {"drop_rate": 0.2}},
     # batch norm; v3's torchvision BN momentum (0.01) is too slow for short runs
     "mobilenet_v3": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "model_kwargs": {"bn_momentum": 0.1}},
     "mobilenet": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "model_kwargs": {}},
