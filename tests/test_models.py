@@ -153,6 +153,25 @@ def test_squeezenet_design_space_defaults_are_1_0():
     assert n_params(create_model("squeezenet1_0", squeeze_ratio=0.75)) > PARAMS["squeezenet1_0"]
 
 
+def test_squeezenet_final_relu_off_keeps_weights_and_lets_logits_go_negative():
+    torch.manual_seed(0)
+    paper = pocketcnn.create_model("squeezenet1_1", num_classes=10, in_chans=1, small_input=True).eval()
+    free = pocketcnn.create_model("squeezenet1_1", num_classes=10, in_chans=1, small_input=True, final_relu=False).eval()
+    free.load_state_dict(paper.state_dict(), strict=True)  # same keys and shapes: the ReLU has no weights
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        a, b = paper(x), free(x)
+        pre = free.forward_head(free.forward_features(x))
+    assert (a >= 0).all() and (b < 0).any()
+    # the paper's head averages ReLU(conv10) over the map; without the ReLU, conv10 itself
+    conv = free.classifier[1]
+    with torch.no_grad():
+        maps = conv(free.forward_features(x))
+    torch.testing.assert_close(a, maps.clamp_min(0).mean((2, 3)))
+    torch.testing.assert_close(pre, maps.mean((2, 3)))
+    assert sum(p.numel() for p in free.parameters()) == sum(p.numel() for p in paper.parameters())
+
+
 def test_squeezenet_bypass_variants():
     plain = create_model("squeezenet1_0")
     simple = create_model("squeezenet1_0", bypass="simple")

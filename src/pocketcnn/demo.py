@@ -43,15 +43,21 @@ class Plan:
     speeds: dict[str, float]  # measured training images/s per model (the engine's step)
 
 
+def batch_size(model_name: str) -> int:
+    """The recipe's batch size, else :data:`BATCH` (SqueezeNet's recipe takes 64: more steps)."""
+    return int(recipe(model_name).get("batch_size", BATCH))
+
+
 def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[float, float]:
     """(training, evaluation) images/s of the engine's real step: the recipe's optimizer and
     mixed precision, channels-last, gradient clipping, batch 128; one warm-up step is not timed."""
-    cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name})
+    cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name, "batch_size": batch_size(model_name)})
     amp = amp_enabled(cfg.amp, torch.device("cpu"))
+    bs = cfg.batch_size
     model = build_model(cfg, spec).train().to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
-    x = torch.randn(BATCH, spec.in_chans, spec.image_size, spec.image_size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, spec.num_classes, (BATCH,))
+    x = torch.randn(bs, spec.in_chans, spec.image_size, spec.image_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, spec.num_classes, (bs,))
     t0 = 0.0
     for i in range(steps + 1):
         if i == 1:
@@ -63,13 +69,13 @@ def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[flo
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         loss.item()
-    train_ips = steps * BATCH / (time.perf_counter() - t0)
+    train_ips = steps * bs / (time.perf_counter() - t0)
     model.eval()
     with torch.inference_mode():
         model(x)
         t0 = time.perf_counter()
         model(x)
-        eval_ips = BATCH / (time.perf_counter() - t0)
+        eval_ips = bs / (time.perf_counter() - t0)
     return train_ips, eval_ips
 
 
@@ -127,7 +133,7 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
         run_dir = out / name
         result_file = run_dir / "result.json"
         cfg = TrainConfig.from_dict({**recipe(name), "model": name, "data_dir": data_dir, "epochs": plan.epochs,
-                                     "batch_size": BATCH, "train_samples": plan.train_samples,
+                                     "batch_size": batch_size(name), "train_samples": plan.train_samples,
                                      "test_samples": min(TRAIN_TEST_SAMPLES, len(test_full)), "out": str(run_dir),
                                      "warmup_epochs": min(1.0, plan.epochs / 5)})
         if result_file.exists() and not fresh and json.loads(result_file.read_text()).get("config") == cfg.to_dict():
@@ -147,7 +153,7 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
         row = {"model": name, "top1": round(full.top1, 2), "top5": round(full.top5, 2), "params": prof.params,
                "size_mb": round(prof.size_mb, 3), "macs": prof.macs, "latency_ms": round(speed[1].median_ms, 3),
                "images_per_s": round(speed[64].images_per_s, 1), "train_seconds": round(res.wall_seconds, 1),
-               "best_top1_subset": round(res.best_top1, 2)}
+               "best_top1_subset": round(res.best_top1, 2), "batch_size": cfg.batch_size}
         atomic_write_text(result_file, json.dumps({"config": cfg.to_dict(), "row": row, "metrics": res.metrics}, indent=2))
         rows.append(row)
         curves[name] = res.metrics
@@ -177,11 +183,17 @@ def _claim(board: dict[str, Any]) -> str:
             f"mult-adds, under the same recipe and budget.")
 
 
+def _batches(board: dict[str, Any]) -> str:
+    sizes = {r["model"]: r.get("batch_size", BATCH) for r in board["rows"]}
+    odd = [f"{m} {b}" for m, b in sizes.items() if b != BATCH]
+    return f"batch {BATCH}" + (f"; {', '.join(odd)} per its recipe" if odd else "")
+
+
 def report(board: dict[str, Any]) -> str:
     lines = [
         "# pocketcnn demo: pocket-sized CNNs on Fashion-MNIST", "",
         f"Each model trained on a class-balanced subset of {board['train_samples']:,} training images for "
-        f"{board['epochs']} epochs (batch {BATCH}, 28x28 grayscale, small-input stems), chosen so that all models "
+        f"{board['epochs']} epochs ({_batches(board)}, 28x28 grayscale, small-input stems), chosen so that all models "
         f"fit a {board['budget_minutes']:g}-minute budget on this machine ({board['machine']}). "
         f"Top-1 is on the full {board['test_samples']:,}-image test split. Total wall time: "
         f"{board['wall_seconds'] / 60:.1f} min.", "",

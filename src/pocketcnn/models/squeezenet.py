@@ -87,13 +87,19 @@ class SqueezeNet(ClassifierMixin, nn.Module):
     (also 1x1-conv shortcuts around fire2/4/6/8). ``small_input=True`` makes conv1 a
     3x3 stride-1 conv, so 28x28 and 32x32 images keep spatial detail (it ends at 3x3
     instead of 1x1); the layer names stay the same.
+
+    ``final_relu=False`` drops the ReLU after conv10 (no parameters change). With the ReLU, a
+    class whose conv10 channel goes negative on every input outputs 0 forever and receives no
+    gradient: with few classes one dead channel costs a tenth of the accuracy (Fashion-MNIST
+    runs of 3 epochs lost the "Bag" class entirely). The default keeps the paper's network.
     """
 
     def __init__(self, version: str = "1_0", *, num_classes: int = 1000, in_chans: int = 3,
                  drop_rate: float = 0.5, bypass: str | None = None, small_input: bool = False,
                  base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: int = 2,
-                 squeeze_ratio: float = 0.125) -> None:
+                 squeeze_ratio: float = 0.125, final_relu: bool = True) -> None:
         super().__init__()
+        self.final_relu = bool(final_relu)
         if version not in VERSIONS:
             raise ConfigError(f"version must be one of {sorted(VERSIONS)}, received version={version!r}")
         if bypass not in BYPASS_MODES:
@@ -135,7 +141,8 @@ class SqueezeNet(ClassifierMixin, nn.Module):
         nn.init.normal_(final_conv.weight, 0.0, 0.01)
         nn.init.zeros_(final_conv.bias)
         self.classifier = nn.Sequential(
-            nn.Dropout(self.drop_rate), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
+            nn.Dropout(self.drop_rate), final_conv, nn.ReLU(inplace=True) if self.final_relu else nn.Identity(),
+            nn.AdaptiveAvgPool2d(1)
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
