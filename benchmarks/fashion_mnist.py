@@ -34,14 +34,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--train-samples", type=int, default=None, help="subset (default: all 60,000)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="mixed precision on/off (default: the recipe's, bf16 for SqueezeNet/AlexNet on a bf16 CPU)")
     ap.add_argument("--out", default="runs/bench_fmnist")
     args = ap.parse_args()
     out = Path(args.out)
     results = []
     for name in args.models.split(","):
         cfg = TrainConfig.from_dict({**recipe(name), "model": name, "epochs": args.epochs, "ema": True,
-                                     "augment": ("crop", "flip", "erase"), "device": args.device, "amp": args.amp,
+                                     "augment": ("crop", "flip", "erase"), "device": args.device,
+                                     **({} if args.amp is None else {"amp": args.amp}),
                                      "train_samples": args.train_samples, "out": str(out / name)})
         t0 = time.perf_counter()
         res = fit(cfg)

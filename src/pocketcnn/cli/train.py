@@ -118,6 +118,9 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
 
     argv = [f"--nproc-per-node={nproc}", "--standalone", f"--max-restarts={max_restarts}",
             "-m", "pocketcnn", "train", *_relaunch_args(ctx)]
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores (torchrun would give each rank 1, with a warning)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
     try:
         run(get_args_parser().parse_args(argv))
     except ChildFailedError as exc:
