@@ -180,7 +180,7 @@ def _claim(board: dict[str, Any]) -> str:
     return (f"On real Fashion-MNIST test images, {sq['model']} reaches {sq['top1']:.2f}% top-1 against AlexNet's "
             f"{alex['top1']:.2f}% ({diff:+.2f} points) with {alex['params'] / sq['params']:.0f}x fewer parameters "
             f"({sq['size_mb']:.2f} MB vs {alex['size_mb']:.1f} MB) and {alex['macs'] / sq['macs']:.1f}x fewer "
-            f"mult-adds, under the same recipe and budget.")
+            f"mult-adds, on the same images, epochs and time budget (one recipe per model family).")
 
 
 def _batches(board: dict[str, Any]) -> str:
