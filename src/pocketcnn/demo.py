@@ -50,7 +50,8 @@ def batch_size(model_name: str) -> int:
 
 def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[float, float]:
     """(training, evaluation) images/s of the engine's real step: the recipe's optimizer and
-    mixed precision, channels-last, gradient clipping, batch 128; one warm-up step is not timed."""
+    mixed precision, channels-last, gradient clipping, the recipe's batch size (:func:`batch_size`);
+    one warm-up step is not timed."""
     cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name, "batch_size": batch_size(model_name)})
     amp = amp_enabled(cfg.amp, torch.device("cpu"))
     bs = cfg.batch_size

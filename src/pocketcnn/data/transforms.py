@@ -116,6 +116,6 @@ def pil_to_input(img: Image.Image, spec: DataSpec) -> torch.Tensor:
     if spec.in_chans not in (1, 3):
         raise DataError(f"pil_to_input supports 1 or 3 input channels, received in_chans={spec.in_chans}")
     img = img.convert("L" if spec.in_chans == 1 else "RGB")
-    resize = v2.Compose([v2.Resize(spec.resize_size or spec.image_size, antialias=True), v2.CenterCrop(spec.image_size),
+    resize = v2.Compose([v2.Resize(spec.resize_size, antialias=True), v2.CenterCrop(spec.image_size),
                          v2.PILToTensor()])
     return normalize_batch(resize(img)[None], spec.mean, spec.std)[0]

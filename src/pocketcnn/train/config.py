@@ -133,12 +133,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # runs on Fashion-MNIST subsets (6,000 images, 3 epochs); the CLI's flags override them.
 RECIPES: dict[str, dict[str, Any]] = {
     # no batch norm: Adam keeps the deep plain stacks moving; SqueezeNet's final ReLU dies at lr >= 3e-3
-    "alexnet": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "amp": "auto",
-                "model_kwargs": {"drop_rate": 0.5}},
     # bf16 autocast where the hardware has it (amp "auto"): on an AVX512-BF16 CPU SqueezeNet trains
     # 1.8x and AlexNet 1.36x faster at the same accuracy (fp32 vs bf16 top-1, 10,000 images x 3
     # epochs: squeezenet1_1 74.5 / 75.1, squeezenet1_0 74.65 / 73.9, alexnet 78.55 / 78.35);
     # MobileNet's depthwise convolutions run slower in bf16 there, so theirs stays off
+    "alexnet": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "amp": "auto",
+                "model_kwargs": {"drop_rate": 0.5}},
     # SqueezeNet (no batch norm) starts slowly and erratically: batch 64 (twice the steps) gave
     # 70.3-79.6% top-1 over five (subset, seed) draws of 10,000-12,000 images x 3 epochs where
     # batch 128 gave 58.2-75.9% (mean 76.9 vs 64.9). Without the ReLU after conv10 no class
