@@ -15,7 +15,7 @@ def test_compress_checkpoint(tiny_data, tmp_path, cli_runner):
                                 "--lr", "0.002", "--out", str(run), "--quiet"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "net.pcz"
-    r = cli_runner.invoke(cli, ["compress", str(run / "last.pt"), "--finetune-epochs", "1", "--test-samples", "100",
+    r = cli_runner.invoke(cli, ["compress", str(run / "last.pt"), "--finetune-epochs", "1", "--prune-steps", "2", "--test-samples", "100",
                                 "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -23,6 +23,7 @@ def test_compress_checkpoint(tiny_data, tmp_path, cli_runner):
     assert d["file_bytes"] == out.stat().st_size
     assert d["bits_per_param"] < 4.0 and abs(d["sparsity"] - 0.67) < 0.01
     assert all(s["accuracy"] is not None for s in d["stages"])
+    assert [round(r["sparsity"], 2) for r in d["prune_rounds"]] == [0.43, 0.67]  # 1 - 0.33 ** 0.5, then 0.67
     model, meta = load_pcz(out)
     assert meta["data"]["num_classes"] == 10
     dense = model_from_checkpoint(run / "last.pt")

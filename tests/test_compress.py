@@ -13,7 +13,7 @@ import pocketcnn
 from pocketcnn.compress.cluster import SharedWeights, cluster_weights, kmeans_1d
 from pocketcnn.compress.coding import (
     MAX_CODE_LEN, encode_pcz, from_entries, huffman_decode, huffman_encode, load_pcz, save_pcz, to_entries)
-from pocketcnn.compress.pipeline import deep_compress
+from pocketcnn.compress.pipeline import deep_compress, prune_schedule
 from pocketcnn.compress.prune import MaskGuard, magnitude_prune, prunable_layers
 from pocketcnn.errors import CheckpointError, ConfigError
 
@@ -82,6 +82,35 @@ def test_prune_rejects_bad_sparsity(bad):
 def test_prune_rejects_bad_scope():
     with pytest.raises(ConfigError, match="scope='model'"):
         magnitude_prune(small_squeezenet(), 0.5, scope="model")
+
+
+def test_prune_schedule_removes_the_same_share_each_round():
+    sched = prune_schedule(0.67, 3)
+    assert sched[-1] == 0.67 and sched == sorted(sched)
+    kept = [1.0] + [1 - s for s in sched]
+    shares = [b / a for a, b in zip(kept, kept[1:])]
+    assert shares == pytest.approx([0.33 ** (1 / 3)] * 3)  # 69.1% of the survivors kept each round
+    assert prune_schedule(0.5, 1) == [0.5]
+    with pytest.raises(ConfigError, match="prune_steps=0"):
+        prune_schedule(0.5, 0)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_prune_with_prior_masks_only_removes_more(scope):
+    model = small_squeezenet()
+    first = magnitude_prune(model, 0.3, scope=scope)
+    params = dict(model.named_parameters())
+    with torch.no_grad():  # fine-tuning moves the survivors: some now smaller than the pruned were
+        for name, mask in first.items():
+            params[name].mul_(torch.rand_like(params[name]) * mask)
+    second = magnitude_prune(model, 0.6, scope=scope, prior=first)
+    total = sum(m.numel() for m in second.values())
+    assert abs(sum(int((~m).sum()) for m in second.values()) - 0.6 * total) <= len(second)
+    for name, mask in second.items():
+        assert not torch.any(mask & ~first[name]), name  # nothing pruned comes back
+        assert torch.all(params[name].detach()[~mask] == 0)
+    with pytest.raises(ConfigError, match="only removes more"):
+        magnitude_prune(model, 0.5, scope=scope, prior=second)
 
 
 def test_mask_guard_keeps_pruned_weights_zero_through_sgd():
@@ -322,8 +351,11 @@ def test_deep_compress_pipeline(tmp_path):
     def evaluate(m):
         return float(m.eval()(x).argmax(1).eq(0).float().mean())
 
-    result = deep_compress(model, sparsity=0.67, bits=4, finetune=finetune, evaluate=evaluate)
-    assert len(calls) == 2 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    result = deep_compress(model, sparsity=0.67, prune_steps=3, bits=4, finetune=finetune, evaluate=evaluate)
+    assert len(calls) == 4 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert [r.sparsity for r in result.prune_rounds] == pytest.approx(prune_schedule(0.67, 3), abs=2e-3)
+    assert all(r.accuracy is not None and r.accuracy_before_finetune is not None for r in result.prune_rounds)
+    assert result.stage("pruned").accuracy == result.prune_rounds[-1].accuracy
     assert [s.name for s in result.stages] == ["dense", "pruned", "quantized", "coded"]
     sizes = [s.nbytes for s in result.stages]
     assert sizes[0] == 4 * result.n_params and sizes == sorted(sizes, reverse=True)

@@ -13,10 +13,13 @@ from .common import echo_json, err_console, out_console
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.67, show_default=True,
               help="Fraction of conv/linear weights pruned (0.67 keeps 33%, the SqueezeNet paper's setting).")
+@click.option("--prune-steps", type=click.IntRange(1), default=3, show_default=True,
+              help="Pruning rounds, each followed by fine-tuning; each removes the same share of the weights "
+                   "still kept (1: one shot).")
 @click.option("--bits", type=click.IntRange(1, 12), default=6, show_default=True, help="Codebook bits (conv).")
 @click.option("--bits-fc", type=click.IntRange(1, 12), help="Codebook bits for linear layers (default: --bits).")
 @click.option("--finetune-epochs", type=click.IntRange(0), default=2, show_default=True,
-              help="Fine-tuning epochs after pruning and again after clustering (0: none).")
+              help="Fine-tuning epochs after each pruning round and after clustering (0: none).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Fine-tuning learning rate "
               "(default: the checkpoint's; short runs are far from converged and need it).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder (default: the checkpoint's).")
@@ -24,7 +27,7 @@ from .common import echo_json, err_console, out_console
 @click.option("--test-samples", type=click.IntRange(1), help="Evaluation subset (default: the whole test split).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output .pcz (default: next to the checkpoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def compress(checkpoint, sparsity, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
+def compress(checkpoint, sparsity, prune_steps, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
              as_json) -> None:
     """Prune, share weights (k-means) and Huffman-code CHECKPOINT, reporting size and accuracy per stage."""
     from ..compress.pipeline import deep_compress
@@ -53,9 +56,9 @@ def compress(checkpoint, sparsity, bits, bits_fc, finetune_epochs, lr, data_dir,
         return evaluate(m, test, spec, batch_size=512, device=next(m.parameters()).device).top1
 
     if not as_json:
-        err_console.print(f"compressing {ckpt['model']}: sparsity {sparsity}, {bits}-bit codebooks, "
-                          f"{finetune_epochs} fine-tuning epochs per stage")
-    result = deep_compress(model.cpu(), sparsity=sparsity, bits=bits, bits_fc=bits_fc,
+        err_console.print(f"compressing {ckpt['model']}: sparsity {sparsity} in {prune_steps} round(s), "
+                          f"{bits}-bit codebooks, {finetune_epochs} fine-tuning epoch(s) per round and stage")
+    result = deep_compress(model.cpu(), sparsity=sparsity, prune_steps=prune_steps, bits=bits, bits_fc=bits_fc,
                            finetune=finetune if finetune_epochs else None, evaluate=accuracy)
     path = Path(out) if out else Path(checkpoint).with_suffix(".pcz")
     result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
@@ -63,8 +66,9 @@ def compress(checkpoint, sparsity, bits, bits_fc, finetune_epochs, lr, data_dir,
     report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "file": str(path), "file_bytes": file_bytes,
               "params": result.n_params, "bits_per_param": 8 * file_bytes / result.n_params,
               "sparsity": result.sparsity, "bits": bits, "bits_fc": bits_fc or bits,
-              "finetune_epochs": finetune_epochs, "test_images": len(test),
-              "stages": [s.__dict__ for s in result.stages]}
+              "prune_steps": prune_steps, "finetune_epochs": finetune_epochs, "test_images": len(test),
+              "stages": [s.__dict__ for s in result.stages],
+              "prune_rounds": [r.__dict__ for r in result.prune_rounds]}
     if as_json:
         echo_json(report)
         return
@@ -74,4 +78,12 @@ def compress(checkpoint, sparsity, bits, bits_fc, finetune_epochs, lr, data_dir,
                       f"{s.bits_per_param:.2f}" if s.bits_per_param else "-",
                       f"{s.accuracy:.2f}" if s.accuracy is not None else "-")
     out_console.print(table)
+    if len(result.prune_rounds) > 1:
+        click.echo("pruning rounds: " + ", ".join(
+            f"{100 * r.sparsity:.0f}% pruned -> {_pct(r.accuracy_before_finetune)} -> {_pct(r.accuracy)}"
+            for r in result.prune_rounds) + " (top-1 after pruning -> after fine-tuning)")
     click.echo(f"wrote {path}: {file_bytes:,} bytes, {report['bits_per_param']:.2f} bits per parameter")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"

@@ -2,8 +2,9 @@
 
 ::
 
-    result = deep_compress(model, sparsity=0.67, bits=6, finetune=train, evaluate=accuracy)
+    result = deep_compress(model, sparsity=0.67, prune_steps=3, bits=6, finetune=train, evaluate=accuracy)
     result.stages            # dense / pruned / quantized / coded: bytes, ratio, bits/param, accuracy
+    result.prune_rounds      # sparsity and accuracy before/after each round's fine-tuning
     result.save("net.pcz", metadata={"classes": classes})
 
 ``finetune(model, after_step)`` is the caller's training loop: it must call
@@ -12,6 +13,11 @@ shared weights shared). ``evaluate(model) -> float`` is any accuracy measure.
 
 ``sparsity`` is the fraction of weights pruned. The SqueezeNet paper's "33% sparsity,
 6-bit, 0.47 MB" keeps 33% of the weights: ``sparsity=0.67``.
+
+Pruning is iterative, as Han et al. do it: ``prune_steps`` rounds of prune-then-fine-tune,
+each removing the same share of the weights still alive (:func:`prune_schedule`), so the
+network never loses two thirds of its weights at once. Measured on a Fashion-MNIST
+SqueezeNet 1.1 (91.62%): one-shot 67% pruning drops it to chance (10%) before fine-tuning.
 """
 from __future__ import annotations
 
@@ -53,6 +59,28 @@ class Stage:
     accuracy_before_finetune: float | None = None
 
 
+@dataclass(frozen=True)
+class PruneRound:
+    """One round of iterative pruning: the sparsity reached, accuracy right after pruning and after fine-tuning."""
+
+    sparsity: float
+    accuracy_before_finetune: float | None
+    accuracy: float | None
+
+
+def prune_schedule(sparsity: float, steps: int) -> list[float]:
+    """Target sparsity after each of ``steps`` rounds: ``1 - (1 - sparsity) ** (k / steps)``.
+
+    Every round prunes the same fraction of the weights still kept; the last reaches
+    ``sparsity`` exactly. ``prune_schedule(0.67, 3)`` -> ``[0.309, 0.523, 0.67]``.
+    """
+    check_sparsity(sparsity)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"prune_steps must be an integer >= 1, received prune_steps={steps!r}")
+    keep = 1.0 - sparsity
+    return [1.0 - keep ** (k / steps) for k in range(1, steps)] + [float(sparsity)]
+
+
 @dataclass
 class CompressResult:
     """The compressed model (a copy; the input is untouched), its masks and shared weights."""
@@ -64,6 +92,7 @@ class CompressResult:
     n_params: int
     sparsity: float  # achieved, over all prunable weights
     gap_bits: int = GAP_BITS
+    prune_rounds: tuple[PruneRound, ...] = ()
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -107,17 +136,18 @@ def stage_sizes(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Map
     return tuple(-(-b // 8) for b in (dense_bits, pruned_bits, quant_bits))  # type: ignore[return-value]
 
 
-def deep_compress(model: nn.Module, *, sparsity: float = 0.67, bits: int = 6, bits_fc: int | None = None,
-                  finetune: Finetune | None = None, evaluate: Evaluate | None = None, scope: str = "layer",
-                  kmeans_iters: int = 100, gap_bits: int = GAP_BITS) -> CompressResult:
-    """Prune, fine-tune, cluster, fine-tune the centroids, and measure every stage.
+def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int = 1, bits: int = 6,
+                  bits_fc: int | None = None, finetune: Finetune | None = None, evaluate: Evaluate | None = None,
+                  scope: str = "layer", kmeans_iters: int = 100, gap_bits: int = GAP_BITS) -> CompressResult:
+    """Prune (in ``prune_steps`` rounds), fine-tune, cluster, fine-tune the centroids; measure every stage.
 
-    Works on a deep copy of ``model``. ``finetune`` is called once after pruning (with
+    Works on a deep copy of ``model``. ``finetune`` is called after each pruning round (with
     ``MaskGuard.after_step``) and once after clustering (with ``SharedWeights.after_step``);
-    ``evaluate`` after every stage. The "coded" size is the real ``.pcz`` byte count
-    (without caller metadata) when the model came from ``create_model``.
+    ``evaluate`` after every round and stage. The "pruned" stage's ``accuracy_before_finetune``
+    is that of the first round (the largest single cut is the first). The "coded" size is the
+    real ``.pcz`` byte count (without caller metadata) when the model came from ``create_model``.
     """
-    check_sparsity(sparsity)
+    schedule = prune_schedule(sparsity, prune_steps)
     check_bits("bits", bits)
     if bits_fc is not None:
         check_bits("bits_fc", bits_fc)
@@ -130,13 +160,18 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, bits: int = 6, bi
     score = (lambda: float(evaluate(model))) if evaluate is not None else (lambda: None)
     acc_dense = score()
 
-    masks = magnitude_prune(model, sparsity, scope=scope)
-    acc_pruned_raw = acc_pruned = score()
-    if finetune is not None:
-        with MaskGuard(model, masks) as guard:
-            finetune(model, guard.after_step)
-            guard.after_step()  # in case the loop's last step was not followed by after_step
-        acc_pruned = score()
+    masks: dict[str, torch.Tensor] = {}
+    rounds: list[PruneRound] = []
+    for target in schedule:
+        masks = magnitude_prune(model, target, scope=scope, prior=masks)
+        raw = acc = score()
+        if finetune is not None:
+            with MaskGuard(model, masks) as guard:
+                finetune(model, guard.after_step)
+                guard.after_step()  # in case the loop's last step was not followed by after_step
+            acc = score()
+        rounds.append(PruneRound(sparsity_of(masks), raw, acc))
+    acc_pruned_raw, acc_pruned = rounds[0].accuracy_before_finetune, rounds[-1].accuracy
 
     shared = cluster_weights(model, masks, bits=bits, bits_fc=bits_fc, iters=kmeans_iters)
     acc_quant_raw = acc_quant = score()
@@ -160,4 +195,4 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, bits: int = 6, bi
 
     stages = (row("dense", dense, acc_dense), row("pruned", pruned, acc_pruned, acc_pruned_raw),
               row("quantized", quant, acc_quant, acc_quant_raw), row("coded", coded, acc_quant))
-    return CompressResult(model, masks, shared, stages, n_params, sparsity_of(masks), gap_bits)
+    return CompressResult(model, masks, shared, stages, n_params, sparsity_of(masks), gap_bits, tuple(rounds))

@@ -54,25 +54,41 @@ def _keep_largest(magnitude: torch.Tensor, n_prune: int) -> torch.Tensor:
     return ~(below | (tie & (torch.cumsum(tie, 0) <= need)))
 
 
-def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer") -> dict[str, torch.Tensor]:
+def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer",
+                    prior: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Zero the smallest weights of every conv/linear layer in place; return the masks.
 
     ``scope="layer"`` (Han's choice) prunes ``round(sparsity * n)`` weights of each layer;
     ``scope="global"`` prunes that fraction of all prunable weights together, by one
     magnitude threshold, so layers end up with different sparsities.
+    ``prior``: masks of an earlier round (iterative pruning); what they pruned is pruned
+    first, so the new masks only ever remove more (``sparsity`` must not be lower).
     """
     check_sparsity(sparsity)
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {SCOPES}, received scope={scope!r}")
     weights = {name: layer.weight for name, layer in prunable_layers(model).items()}
+    prior = dict(prior or {})
+    if prior:
+        _resolve(model, prior)  # checks names and shapes
+        if sparsity < sparsity_of(prior) - 1e-9:
+            raise ConfigError(f"sparsity={sparsity} is below the prior masks' {sparsity_of(prior):.4f}: "
+                              "iterative pruning only removes more weights")
+
+    def magnitude(name: str, w: torch.Tensor) -> torch.Tensor:
+        mag = w.detach().abs().flatten().float()
+        if name in prior:  # already pruned: below every live weight (|w| >= 0)
+            mag = torch.where(prior[name].to(mag.device).flatten(), mag, torch.full_like(mag, -1.0))
+        return mag
+
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if scope == "layer":
             for name, w in weights.items():
-                mag = w.detach().abs().flatten()
+                mag = magnitude(name, w)
                 masks[name] = _keep_largest(mag, n_pruned(mag.numel(), sparsity)).view(w.shape)
         elif weights:
-            mags = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
+            mags = torch.cat([magnitude(name, w).cpu() for name, w in weights.items()])
             keep = _keep_largest(mags, n_pruned(mags.numel(), sparsity))
             for (name, w), part in zip(weights.items(), keep.split([w.numel() for w in weights.values()])):
                 masks[name] = part.view(w.shape).to(w.device)
