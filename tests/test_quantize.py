@@ -139,14 +139,19 @@ def test_cli_quantize_torch_table_and_checkpoint(ckpt, tmp_path, cli_runner):
     from pocketcnn.cli import cli
 
     out = tmp_path / "fm.int8.pt"
-    res = cli_runner.invoke(cli, ["quantize", str(ckpt), "--backend", "torch", "--calib-samples", "32",
-                                  "--test-samples", "50", "--out", str(out)])
+    args = ["quantize", str(ckpt), "--backend", "torch", "--calib-samples", "32", "--test-samples", "50"]
+    res = cli_runner.invoke(cli, args + ["--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "fp32" in res.stdout and "int8" in res.stdout and "smaller" in res.stdout
     from pocketcnn.deploy.predict import load_predictor
 
     pred = load_predictor(out)
     assert pred.runtime == "torch-int8" and pred.classes[0] == "c0"
+    # `eval` reads the int8 checkpoint too, and scores the same 50 test images as quantize did
+    report = json.loads(cli_runner.invoke(cli, args + ["--json"]).stdout)
+    res = cli_runner.invoke(cli, ["eval", str(out), "--test-samples", "50", "--out", str(tmp_path / "ev"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["top1"] == report["int8"]["top1"]
 
 
 def test_cli_quantize_user_errors(ckpt, tmp_path, cli_runner):

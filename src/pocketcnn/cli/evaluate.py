@@ -25,9 +25,11 @@ from .common import echo_json, out_console
 def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema, out, as_json) -> None:
     """Top-1, top-5, per-class accuracy and confusion matrix (PNG and JSON) of CHECKPOINT."""
     from ..data import DataSpec, balanced_subset, load_dataset
-    from ..errors import ConfigError
+    import torch
+
+    from ..errors import CheckpointError, ConfigError
     from ..plots import confusion_matrix
-    from ..train.checkpoint import atomic_write_text, load_checkpoint, model_from_checkpoint
+    from ..train.checkpoint import atomic_write_text, is_int8, load_checkpoint, model_from_checkpoint
     from ..train.engine import evaluate as run_eval
     from ..train.engine import select_device
 
@@ -42,8 +44,11 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
     if spec is None or len(ds.classes) != spec.num_classes:
         raise ConfigError(f"{checkpoint}: model has {spec.num_classes if spec else '?'} classes, "
                           f"data set {name!r} has {len(ds.classes)}")
-    device = select_device("auto")
-    model = model_from_checkpoint(ckpt, use_ema=not no_ema).to(device)
+    device = torch.device("cpu") if is_int8(ckpt) else select_device("auto")  # int8 kernels are CPU ones
+    try:
+        model = model_from_checkpoint(ckpt, use_ema=not no_ema).to(device)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from None
     res = run_eval(model, ds, spec, batch_size=batch_size, device=device)
     out_dir = Path(out) if out else Path(checkpoint).parent
     report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "data": name, "split": split, "n": res.n,

@@ -247,26 +247,17 @@ def fp32_runner(model: torch.nn.Module, data: Mapping[str, Any], runtime: str = 
 
 
 def _checkpoint_predictor(path: Path, runtime: str = "auto", threads: int | None = None) -> Predictor:
-    from ..registry import create_model
-    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..train.checkpoint import is_int8, load_checkpoint, model_from_checkpoint
     from .export import _check_data
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # int8 tensors in the file: a TypedStorage deprecation note
-        ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path)
     data = _check_data(ckpt.get("data"), path)
-    if ckpt.get("quantized"):
-        from ..compress.quantize import rebuild_fx_int8
-
-        spec_size = (int(data["in_chans"]), int(data["image_size"]), int(data["image_size"]))
-        try:
-            model = rebuild_fx_int8(create_model(ckpt["model"], **ckpt["model_kwargs"]), ckpt["state_dict"], spec_size)
-        except (RuntimeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: int8 weights do not fit model {ckpt['model']!r}: "
-                                  f"{str(exc).strip().splitlines()[0][:200]}") from None
-        return Predictor(TorchRunner(model, runtime="torch-int8"), data, source=str(path), model=str(ckpt["model"]))
-    return Predictor(fp32_runner(model_from_checkpoint(ckpt), data, runtime, threads), data, source=str(path),
-                     model=str(ckpt["model"]))
+    try:
+        model = model_from_checkpoint(ckpt)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    runner = TorchRunner(model, runtime="torch-int8") if is_int8(ckpt) else fp32_runner(model, data, runtime, threads)
+    return Predictor(runner, data, source=str(path), model=str(ckpt["model"]))
 
 
 def predictor_from_source(source: Any, *, runtime: str = "auto", threads: int | None = None) -> Predictor:

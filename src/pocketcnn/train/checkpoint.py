@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # int8 checkpoints: a TypedStorage deprecation note
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure of an untrusted file is the file's fault
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
@@ -73,14 +76,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def is_int8(ckpt: dict[str, Any]) -> bool:
+    """Whether ``ckpt`` holds the int8 weights of ``pocketcnn quantize --backend torch`` (CPU only)."""
+    return bool(ckpt.get("quantized"))
+
+
 def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, *, use_ema: bool = True) -> nn.Module:
-    """Build the checkpoint's model and load its weights (EMA weights when present)."""
+    """Build the checkpoint's model and load its weights (EMA weights when present).
+
+    An int8 checkpoint (:func:`is_int8`) gives the PyTorch int8 model, which runs on the CPU.
+    """
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
+    if is_int8(ckpt):
+        return _int8_model(ckpt)
     model = create_model(ckpt["model"], **ckpt["model_kwargs"])
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit model {ckpt['model']!r}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _int8_model(ckpt: dict[str, Any]) -> nn.Module:
+    from ..compress.quantize import rebuild_fx_int8
+
+    data = ckpt.get("data") or {}
+    try:
+        size = (int(data["in_chans"]), int(data["image_size"]), int(data["image_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("int8 checkpoint lacks its input size (fields data.in_chans and data.image_size)") from None
+    try:
+        model = rebuild_fx_int8(create_model(ckpt["model"], **ckpt["model_kwargs"]), ckpt["state_dict"], size)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"int8 weights do not fit model {ckpt['model']!r}: "
+                              f"{str(exc).strip().splitlines()[0][:200]}") from None
     return model.eval()
