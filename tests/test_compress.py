@@ -351,7 +351,10 @@ def test_deep_compress_pipeline(tmp_path):
     def evaluate(m):
         return float(m.eval()(x).argmax(1).eq(0).float().mean())
 
-    result = deep_compress(model, sparsity=0.67, prune_steps=3, bits=4, finetune=finetune, evaluate=evaluate)
+    lines: list[str] = []
+    result = deep_compress(model, sparsity=0.67, prune_steps=3, bits=4, finetune=finetune, evaluate=evaluate,
+                           log=lines.append)
+    assert len(lines) == 5 and lines[3].startswith("pruning round 3/3: 67.0% of the weights pruned, top-1 ")
     assert len(calls) == 4 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert [r.sparsity for r in result.prune_rounds] == pytest.approx(prune_schedule(0.67, 3), abs=2e-3)
     assert all(r.accuracy is not None and r.accuracy_before_finetune is not None for r in result.prune_rounds)

@@ -7,6 +7,7 @@ import click
 from rich.table import Table
 
 from .common import echo_json, err_console, out_console
+from .train import RichProgress
 
 
 @click.command()
@@ -27,8 +28,9 @@ from .common import echo_json, err_console, out_console
 @click.option("--test-samples", type=click.IntRange(1), help="Evaluation subset (default: the whole test split).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output .pcz (default: next to the checkpoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def compress(checkpoint, sparsity, prune_steps, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
-             as_json) -> None:
+             as_json, quiet) -> None:
     """Prune, share weights (k-means) and Huffman-code CHECKPOINT, reporting size and accuracy per stage."""
     from ..compress.pipeline import deep_compress
     from ..data import DataSpec, balanced_subset, load_dataset
@@ -50,16 +52,17 @@ def compress(checkpoint, sparsity, prune_steps, bits, bits_fc, finetune_epochs, 
                           test_samples=min(test_samples or 1000, 1000))
 
     def finetune(m, after_step) -> None:
-        fit(ft_cfg, model=m, after_step=after_step, save=False)
+        fit(ft_cfg, RichProgress(not quiet and err_console.is_terminal), model=m, after_step=after_step, save=False)
 
     def accuracy(m) -> float:
         return evaluate(m, test, spec, batch_size=512, device=next(m.parameters()).device).top1
 
-    if not as_json:
+    if not quiet:
         err_console.print(f"compressing {ckpt['model']}: sparsity {sparsity} in {prune_steps} round(s), "
                           f"{bits}-bit codebooks, {finetune_epochs} fine-tuning epoch(s) per round and stage")
     result = deep_compress(model.cpu(), sparsity=sparsity, prune_steps=prune_steps, bits=bits, bits_fc=bits_fc,
-                           finetune=finetune if finetune_epochs else None, evaluate=accuracy)
+                           finetune=finetune if finetune_epochs else None, evaluate=accuracy,
+                           log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
     path = Path(out) if out else Path(checkpoint).with_suffix(".pcz")
     result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
     file_bytes = path.stat().st_size

@@ -138,7 +138,8 @@ def stage_sizes(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Map
 
 def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int = 1, bits: int = 6,
                   bits_fc: int | None = None, finetune: Finetune | None = None, evaluate: Evaluate | None = None,
-                  scope: str = "layer", kmeans_iters: int = 100, gap_bits: int = GAP_BITS) -> CompressResult:
+                  scope: str = "layer", kmeans_iters: int = 100, gap_bits: int = GAP_BITS,
+                  log: Callable[[str], None] | None = None) -> CompressResult:
     """Prune (in ``prune_steps`` rounds), fine-tune, cluster, fine-tune the centroids; measure every stage.
 
     Works on a deep copy of ``model``. ``finetune`` is called after each pruning round (with
@@ -146,6 +147,7 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
     ``evaluate`` after every round and stage. The "pruned" stage's ``accuracy_before_finetune``
     is that of the first round (the largest single cut is the first). The "coded" size is the
     real ``.pcz`` byte count (without caller metadata) when the model came from ``create_model``.
+    ``log`` receives one line per round and stage as the work proceeds.
     """
     schedule = prune_schedule(sparsity, prune_steps)
     check_bits("bits", bits)
@@ -158,13 +160,18 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
             raise ConfigError(f"{label} must be callable or None, received {label}={fn!r}")
     model = copy.deepcopy(model)
     score = (lambda: float(evaluate(model))) if evaluate is not None else (lambda: None)
+    say = log or (lambda msg: None)
+    pct = lambda acc: "" if acc is None else f", top-1 {acc:.2f}%"  # noqa: E731
     acc_dense = score()
+    say(f"dense{pct(acc_dense)}")
 
     masks: dict[str, torch.Tensor] = {}
     rounds: list[PruneRound] = []
     for target in schedule:
         masks = magnitude_prune(model, target, scope=scope, prior=masks)
         raw = acc = score()
+        say(f"pruning round {len(rounds) + 1}/{len(schedule)}: {100 * sparsity_of(masks):.1f}% of the weights "
+            f"pruned{pct(raw)}" + (", fine-tuning" if finetune is not None else ""))
         if finetune is not None:
             with MaskGuard(model, masks) as guard:
                 finetune(model, guard.after_step)
@@ -175,6 +182,7 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
 
     shared = cluster_weights(model, masks, bits=bits, bits_fc=bits_fc, iters=kmeans_iters)
     acc_quant_raw = acc_quant = score()
+    say(f"weight sharing: {bits}-bit codebooks{pct(acc_quant_raw)}" + (", fine-tuning the centroids" if finetune else ""))
     if finetune is not None:
         with SharedWeights(model, shared, masks) as sw:
             finetune(model, sw.after_step)
