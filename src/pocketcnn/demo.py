@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -48,10 +49,11 @@ def batch_size(model_name: str) -> int:
     return int(recipe(model_name).get("batch_size", BATCH))
 
 
-def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[float, float]:
+def measure_speeds(model_name: str, spec: DataSpec, steps: int = 5) -> tuple[float, float]:
     """(training, evaluation) images/s of the engine's real step: the recipe's optimizer and
-    mixed precision, channels-last, gradient clipping, the recipe's batch size (:func:`batch_size`);
-    one warm-up step is not timed."""
+    mixed precision, channels-last, gradient clipping, the recipe's batch size (:func:`batch_size`).
+    One warm-up step is not timed; the median of ``steps`` timed steps (and of 3 evaluation
+    passes) is used, so that one step slowed by another process does not shrink the plan."""
     cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name, "batch_size": batch_size(model_name)})
     amp = amp_enabled(cfg.amp, torch.device("cpu"))
     bs = cfg.batch_size
@@ -59,10 +61,9 @@ def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[flo
     opt = make_optimizer(cfg, model)
     x = torch.randn(bs, spec.in_chans, spec.image_size, spec.image_size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, spec.num_classes, (bs,))
-    t0 = 0.0
-    for i in range(steps + 1):
-        if i == 1:
-            t0 = time.perf_counter()
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -70,14 +71,16 @@ def measure_speeds(model_name: str, spec: DataSpec, steps: int = 3) -> tuple[flo
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         loss.item()
-    train_ips = steps * bs / (time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    train_ips = bs / statistics.median(times[1:])
     model.eval()
+    times = []
     with torch.inference_mode():
-        model(x)
-        t0 = time.perf_counter()
-        model(x)
-        eval_ips = bs / (time.perf_counter() - t0)
-    return train_ips, eval_ips
+        for _ in range(4):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return train_ips, bs / statistics.median(times[1:])
 
 
 def estimate_seconds(n: int, epochs: int, train_ips: float, eval_ips: float, params: int, test_images: int) -> float:
@@ -92,7 +95,7 @@ def estimate_seconds(n: int, epochs: int, train_ips: float, eval_ips: float, par
 def make_plan(models: tuple[str, ...], budget_s: float, spec: DataSpec, test_images: int) -> Plan:
     speeds = {m: measure_speeds(m, spec) for m in models}
     params = {m: sum(p.numel() for p in build_model(TrainConfig(model=m), spec).parameters()) for m in models}
-    usable = SAFETY * budget_s - sum(2.0 for _ in models)  # the measuring itself
+    usable = SAFETY * budget_s - 4.0 * len(models)  # the measuring itself (6 steps + 4 passes per model)
 
     def total(n: int, epochs: int) -> float:
         return sum(estimate_seconds(n, epochs, *speeds[m], params[m], test_images) for m in models)
