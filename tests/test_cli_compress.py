@@ -8,6 +8,12 @@ from pocketcnn.compress.coding import load_pcz
 from pocketcnn.train.checkpoint import model_from_checkpoint
 
 
+def model_layers(run):
+    from pocketcnn.compress.prune import prunable_layers
+
+    return prunable_layers(model_from_checkpoint(run / "last.pt")).items()
+
+
 def test_compress_checkpoint(tiny_data, tmp_path, cli_runner):
     run = tmp_path / "run"
     r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data,
@@ -24,6 +30,7 @@ def test_compress_checkpoint(tiny_data, tmp_path, cli_runner):
     assert d["bits_per_param"] < 4.0 and abs(d["sparsity"] - 0.67) < 0.01
     assert all(s["accuracy"] is not None for s in d["stages"])
     assert [round(r["sparsity"], 2) for r in d["prune_rounds"]] == [0.43, 0.67]  # 1 - 0.33 ** 0.5, then 0.67
+    assert d["probe_samples"] == 2000 and set(d["layer_sparsity"]) == {n for n, _ in model_layers(run)}
     model, meta = load_pcz(out)
     assert meta["data"]["num_classes"] == 10
     dense = model_from_checkpoint(run / "last.pt")

@@ -13,8 +13,8 @@ import pocketcnn
 from pocketcnn.compress.cluster import SharedWeights, cluster_weights, kmeans_1d
 from pocketcnn.compress.coding import (
     MAX_CODE_LEN, encode_pcz, from_entries, huffman_decode, huffman_encode, load_pcz, save_pcz, to_entries)
-from pocketcnn.compress.pipeline import deep_compress, prune_schedule
-from pocketcnn.compress.prune import MaskGuard, magnitude_prune, prunable_layers
+from pocketcnn.compress.pipeline import deep_compress, prune_schedule, sensitivity_scan
+from pocketcnn.compress.prune import MaskGuard, balanced_sparsities, magnitude_prune, prunable_layers
 from pocketcnn.errors import CheckpointError, ConfigError
 
 
@@ -111,6 +111,51 @@ def test_prune_with_prior_masks_only_removes_more(scope):
         assert torch.all(params[name].detach()[~mask] == 0)
     with pytest.raises(ConfigError, match="only removes more"):
         magnitude_prune(model, 0.5, scope=scope, prior=second)
+
+
+def test_prune_per_layer_sparsities():
+    model = small_squeezenet()
+    names = list(prunable_layers(model))
+    wanted = {name: (0.1 if i == 0 else 0.6) for i, name in enumerate(names)}
+    masks = magnitude_prune(model, wanted)
+    for name, mask in masks.items():
+        assert abs(int((~mask).sum()) - wanted[name] * mask.numel()) <= 1, name
+    with pytest.raises(ConfigError, match="missing"):
+        magnitude_prune(small_squeezenet(), {names[0]: 0.5})
+    with pytest.raises(ConfigError, match="unknown"):
+        magnitude_prune(small_squeezenet(), {**wanted, "nope.weight": 0.5})
+    with pytest.raises(ConfigError, match="scope='layer'"):
+        magnitude_prune(small_squeezenet(), wanted, scope="global")
+
+
+def test_balanced_sparsities_keep_the_overall_sparsity():
+    model = small_squeezenet()
+    sizes = {n: layer.weight.numel() for n, layer in prunable_layers(model).items()}
+    stem = next(iter(sizes))
+    per_layer = balanced_sparsities(model, 0.67, {stem: 0.0})
+    assert per_layer[stem] == 0.0 and len(set(per_layer.values())) == 2
+    assert sum(per_layer[n] * k for n, k in sizes.items()) == pytest.approx(0.67 * sum(sizes.values()))
+    assert per_layer[next(n for n in sizes if n != stem)] > 0.67
+    with pytest.raises(ConfigError, match="every weight"):
+        balanced_sparsities(model, 0.99, {n: 0.0 for n in list(sizes)[:-1]})
+
+
+def test_sensitivity_scan_holds_back_the_sensitive_layer():
+    model = small_squeezenet()
+    stem = model.features[0].weight
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def probe(m):  # a stand-in accuracy that only the stem's pruning hurts: 1 point per % pruned
+        return 90.0 - 100 * float((m.features[0].weight == 0).float().mean())
+
+    base, rows = sensitivity_scan(model, 0.67, probe, tolerance=20.0)
+    assert base == 90.0 and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    chosen = {r.name: r.chosen for r in rows}
+    assert chosen.pop("features.0.weight") == pytest.approx(0.25 * 0.67)  # 67, 50, 34% cost > 20 points
+    assert set(chosen.values()) == {0.67}
+    assert list(rows[0].tried) == pytest.approx([0.67, 0.5025, 0.335, 0.1675]) and stem.numel() == rows[0].weights
+    with pytest.raises(ConfigError, match="tolerance=-1"):
+        sensitivity_scan(model, 0.67, probe, tolerance=-1)
 
 
 def test_mask_guard_keeps_pruned_weights_zero_through_sgd():
@@ -373,6 +418,22 @@ def test_deep_compress_pipeline(tmp_path):
     loaded, meta = load_pcz(tmp_path / "c.pcz")
     assert_same_state(result.model, loaded)
     assert meta["classes"][0] == "a"
+
+
+def test_deep_compress_with_sensitivity_scan():
+    model = small_squeezenet()
+
+    def probe(m):
+        return 90.0 - 100 * float((m.features[0].weight == 0).float().mean())
+
+    result = deep_compress(model, sparsity=0.67, prune_steps=2, bits=4, probe=probe, tolerance=20.0)
+    assert result.layer_sparsity["features.0.weight"] == pytest.approx(0.1675)
+    stem_mask = result.masks["features.0.weight"]
+    assert abs(int((~stem_mask).sum()) - 0.1675 * stem_mask.numel()) <= 1
+    assert abs(result.sparsity - 0.67) < 1e-3  # the other layers made up for it
+    assert len(result.prune_rounds) == 2 and result.sensitivity[0].name == "features.0.weight"
+    with pytest.raises(ConfigError, match="scope='layer'"):
+        deep_compress(small_squeezenet(), probe=probe, scope="global")
 
 
 def test_deep_compress_rejects_bad_values():

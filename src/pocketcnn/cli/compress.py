@@ -17,6 +17,12 @@ from .train import RichProgress
 @click.option("--prune-steps", type=click.IntRange(1), default=3, show_default=True,
               help="Pruning rounds, each followed by fine-tuning; each removes the same share of the weights "
                    "still kept (1: one shot).")
+@click.option("--probe-samples", type=click.IntRange(0), default=2000, show_default=True,
+              help="Training images (balanced) for the per-layer sensitivity scan: a layer that loses more "
+                   "than --tolerance points when pruned alone is pruned less, the others a little more "
+                   "(0: no scan, every layer at --sparsity).")
+@click.option("--tolerance", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Sensitivity scan: points of top-1 a layer may cost when pruned alone.")
 @click.option("--bits", type=click.IntRange(1, 12), default=6, show_default=True, help="Codebook bits (conv).")
 @click.option("--bits-fc", type=click.IntRange(1, 12), help="Codebook bits for linear layers (default: --bits).")
 @click.option("--finetune-epochs", type=click.IntRange(0), default=2, show_default=True,
@@ -29,7 +35,7 @@ from .train import RichProgress
 @click.option("--out", type=click.Path(dir_okay=False), help="Output .pcz (default: next to the checkpoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compress(checkpoint, sparsity, prune_steps, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
+def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
              as_json, quiet) -> None:
     """Prune, share weights (k-means) and Huffman-code CHECKPOINT, reporting size and accuracy per stage."""
     from ..compress.pipeline import deep_compress
@@ -54,14 +60,20 @@ def compress(checkpoint, sparsity, prune_steps, bits, bits_fc, finetune_epochs, 
     def finetune(m, after_step) -> None:
         fit(ft_cfg, RichProgress(not quiet and err_console.is_terminal), model=m, after_step=after_step, save=False)
 
-    def accuracy(m) -> float:
-        return evaluate(m, test, spec, batch_size=512, device=next(m.parameters()).device).top1
+    def accuracy(m, data=test) -> float:
+        return evaluate(m, data, spec, batch_size=512, device=next(m.parameters()).device).top1
+
+    probe = None
+    if probe_samples:  # training images: choosing per-layer sparsities on the test split would tune on it
+        probe_set = balanced_subset(load_dataset(base.data, "train", data_dir), probe_samples, seed=7)
+        probe = lambda m: accuracy(m, probe_set)  # noqa: E731
 
     if not quiet:
         err_console.print(f"compressing {ckpt['model']}: sparsity {sparsity} in {prune_steps} round(s), "
                           f"{bits}-bit codebooks, {finetune_epochs} fine-tuning epoch(s) per round and stage")
     result = deep_compress(model.cpu(), sparsity=sparsity, prune_steps=prune_steps, bits=bits, bits_fc=bits_fc,
                            finetune=finetune if finetune_epochs else None, evaluate=accuracy,
+                           probe=probe, tolerance=tolerance,
                            log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
     path = Path(out) if out else Path(checkpoint).with_suffix(".pcz")
     result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
@@ -71,7 +83,8 @@ def compress(checkpoint, sparsity, prune_steps, bits, bits_fc, finetune_epochs, 
               "sparsity": result.sparsity, "bits": bits, "bits_fc": bits_fc or bits,
               "prune_steps": prune_steps, "finetune_epochs": finetune_epochs, "test_images": len(test),
               "stages": [s.__dict__ for s in result.stages],
-              "prune_rounds": [r.__dict__ for r in result.prune_rounds]}
+              "prune_rounds": [r.__dict__ for r in result.prune_rounds],
+              "probe_samples": probe_samples, "tolerance": tolerance, "layer_sparsity": result.layer_sparsity}
     if as_json:
         echo_json(report)
         return

@@ -54,26 +54,37 @@ def _keep_largest(magnitude: torch.Tensor, n_prune: int) -> torch.Tensor:
     return ~(below | (tie & (torch.cumsum(tie, 0) <= need)))
 
 
-def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer",
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Bool mask of ``weight``'s shape: False for its ``round(sparsity * n)`` smallest magnitudes."""
+    check_sparsity(sparsity)
+    mag = weight.detach().abs().flatten().float()
+    return _keep_largest(mag, n_pruned(mag.numel(), sparsity)).view(weight.shape)
+
+
+def magnitude_prune(model: nn.Module, sparsity: float | Mapping[str, float], *, scope: str = "layer",
                     prior: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Zero the smallest weights of every conv/linear layer in place; return the masks.
 
     ``scope="layer"`` (Han's choice) prunes ``round(sparsity * n)`` weights of each layer;
-    ``scope="global"`` prunes that fraction of all prunable weights together, by one
-    magnitude threshold, so layers end up with different sparsities.
-    ``prior``: masks of an earlier round (iterative pruning); what they pruned is pruned
-    first, so the new masks only ever remove more (``sparsity`` must not be lower).
+    ``sparsity`` may then be a dict ``{weight name: sparsity}`` covering every prunable layer
+    (see :func:`balanced_sparsities`). ``scope="global"`` prunes that fraction of all
+    prunable weights together, by one magnitude threshold, so layers end up with different
+    sparsities. ``prior``: masks of an earlier round (iterative pruning); what they pruned
+    is pruned first, so the new masks only ever remove more (no layer's sparsity may drop).
     """
-    check_sparsity(sparsity)
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {SCOPES}, received scope={scope!r}")
     weights = {name: layer.weight for name, layer in prunable_layers(model).items()}
+    per_layer = _per_layer(sparsity, weights, scope)
     prior = dict(prior or {})
     if prior:
         _resolve(model, prior)  # checks names and shapes
-        if sparsity < sparsity_of(prior) - 1e-9:
-            raise ConfigError(f"sparsity={sparsity} is below the prior masks' {sparsity_of(prior):.4f}: "
-                              "iterative pruning only removes more weights")
+        checks = ([(name, per_layer[name], {name: mask}) for name, mask in prior.items() if name in per_layer]
+                  if scope == "layer" else [("all layers", float(sparsity), prior)])  # type: ignore[arg-type]
+        for label, target, old in checks:
+            if n_pruned(sum(m.numel() for m in old.values()), target) < sum(int((~m).sum()) for m in old.values()):
+                raise ConfigError(f"sparsity {target:.4f} ({label}) is below the prior masks' {sparsity_of(old):.4f}: "
+                                  "iterative pruning only removes more weights")
 
     def magnitude(name: str, w: torch.Tensor) -> torch.Tensor:
         mag = w.detach().abs().flatten().float()
@@ -86,14 +97,50 @@ def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "layer",
         if scope == "layer":
             for name, w in weights.items():
                 mag = magnitude(name, w)
-                masks[name] = _keep_largest(mag, n_pruned(mag.numel(), sparsity)).view(w.shape)
+                masks[name] = _keep_largest(mag, n_pruned(mag.numel(), per_layer[name])).view(w.shape)
         elif weights:
             mags = torch.cat([magnitude(name, w).cpu() for name, w in weights.items()])
-            keep = _keep_largest(mags, n_pruned(mags.numel(), sparsity))
+            keep = _keep_largest(mags, n_pruned(mags.numel(), float(sparsity)))  # type: ignore[arg-type]
             for (name, w), part in zip(weights.items(), keep.split([w.numel() for w in weights.values()])):
                 masks[name] = part.view(w.shape).to(w.device)
     apply_masks(model, masks)
     return masks
+
+
+def _per_layer(sparsity: float | Mapping[str, float], weights: Mapping[str, torch.Tensor],
+               scope: str) -> dict[str, float]:
+    """``{weight name: sparsity}`` for every prunable layer, after checking ``sparsity``."""
+    if not isinstance(sparsity, Mapping):
+        check_sparsity(sparsity)
+        return {name: float(sparsity) for name in weights}
+    if scope != "layer":
+        raise ConfigError("per-layer sparsities (a dict) need scope='layer'")
+    unknown, missing = set(sparsity) - set(weights), set(weights) - set(sparsity)
+    if unknown or missing:
+        raise ConfigError(f"per-layer sparsities must name every prunable layer exactly: "
+                          f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+    for value in sparsity.values():
+        check_sparsity(value)
+    return {name: float(sparsity[name]) for name in weights}
+
+
+def balanced_sparsities(model: nn.Module, sparsity: float, fixed: Mapping[str, float]) -> dict[str, float]:
+    """Per-layer sparsities that prune ``sparsity`` of all prunable weights overall.
+
+    The layers in ``fixed`` keep their own (lower) sparsity, e.g. the sensitive stem of a
+    small network; every other layer prunes the same, slightly higher, fraction so that the
+    total number of pruned weights is unchanged.
+    """
+    check_sparsity(sparsity)
+    sizes = {name: layer.weight.numel() for name, layer in prunable_layers(model).items()}
+    _per_layer({**dict.fromkeys(sizes, 0.0), **fixed}, sizes, "layer")  # names and values
+    rest = sum(n for name, n in sizes.items() if name not in fixed)
+    owed = sparsity * sum(sizes.values()) - sum(fixed[name] * sizes[name] for name in fixed)
+    if rest == 0 or owed / rest >= 1.0:
+        raise ConfigError(f"cannot prune {sparsity:.0%} overall with {len(fixed)} layer(s) held lower: "
+                          "the other layers would have to lose every weight")
+    other = max(0.0, owed / rest)
+    return {name: fixed.get(name, other) for name in sizes}
 
 
 def _resolve(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor]]:
