@@ -33,7 +33,8 @@ from pocketcnn.registry import create_model
 CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "Gemm", "QGemm", "MatMul", "MatMulInteger")
 
 
-def op_profile(path: Path, batch: np.ndarray, threads: int, runs: int, warmup: int = 3) -> tuple[float, dict[str, float]]:
+def op_profile(path: Path, batch: np.ndarray, threads: int, runs: int,
+               warmup: int = 3) -> tuple[float, dict[str, float]]:
     """``(ms per batch, {op type: ms per batch})`` from ONNX Runtime's profiler, warm-up runs left out."""
     import onnxruntime as ort
 

@@ -35,8 +35,8 @@ from .train import RichProgress
 @click.option("--out", type=click.Path(dir_okay=False), help="Output .pcz (default: next to the checkpoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, bits_fc, finetune_epochs, lr, data_dir, train_samples, test_samples, out,
-             as_json, quiet) -> None:
+def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, bits_fc, finetune_epochs, lr,
+             data_dir, train_samples, test_samples, out, as_json, quiet) -> None:
     """Prune, share weights (k-means) and Huffman-code CHECKPOINT, reporting size and accuracy per stage."""
     from ..compress.pipeline import deep_compress
     from ..data import DataSpec, balanced_subset, load_dataset

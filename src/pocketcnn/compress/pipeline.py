@@ -259,7 +259,8 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
 
     shared = cluster_weights(model, masks, bits=bits, bits_fc=bits_fc, iters=kmeans_iters)
     acc_quant_raw = acc_quant = score()
-    say(f"weight sharing: {bits}-bit codebooks{pct(acc_quant_raw)}" + (", fine-tuning the centroids" if finetune else ""))
+    say(f"weight sharing: {bits}-bit codebooks{pct(acc_quant_raw)}"
+        + (", fine-tuning the centroids" if finetune is not None else ""))
     if finetune is not None:
         with SharedWeights(model, shared, masks) as sw:
             finetune(model, sw.after_step)

@@ -106,7 +106,8 @@ def _int8_model(ckpt: dict[str, Any]) -> nn.Module:
     try:
         size = (int(data["in_chans"]), int(data["image_size"]), int(data["image_size"]))
     except (KeyError, TypeError, ValueError):
-        raise CheckpointError("int8 checkpoint lacks its input size (fields data.in_chans and data.image_size)") from None
+        raise CheckpointError("int8 checkpoint lacks its input size "
+                              "(fields data.in_chans and data.image_size)") from None
     try:
         model = rebuild_fx_int8(create_model(ckpt["model"], **ckpt["model_kwargs"]), ckpt["state_dict"], size)
     except (RuntimeError, KeyError, TypeError) as exc:
