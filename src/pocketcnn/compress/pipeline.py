@@ -124,10 +124,8 @@ def sensitivity_scan(model: nn.Module, sparsity: float, probe: Evaluate, *, tole
             for frac in SENSITIVITY_LADDER:
                 s = frac * sparsity
                 with torch.no_grad():
-                    layer.weight.mul_(magnitude_mask(original, s))
+                    layer.weight.copy_(original * magnitude_mask(original, s))
                 tried[s] = float(probe(model))
-                with torch.no_grad():
-                    layer.weight.copy_(original)
                 if tried[s] >= base - tolerance:
                     chosen = s
                     break
