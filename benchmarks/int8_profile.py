@@ -9,8 +9,8 @@ calibrated on random inputs, which changes the scales but not the operators), an
 ONNX Runtime with the session recipe of every pocketcnn runtime and its profiler on. For
 each model: images/s of both files (measured without the profiler, best of 4 rounds that
 alternate the two), the profiled milliseconds per batch (warm-up left out), and the share
-of each operator type. The last line answers "how fast could INT8 be at best": the time ONNX Runtime spends
-in its int8 convolutions alone, against the fp32 file's whole time.
+of each operator type. The last line answers "how fast could INT8 be at best": the time
+ONNX Runtime spends in its int8 convolutions alone, against the fp32 file's whole time.
 """
 from __future__ import annotations
 
@@ -36,14 +36,7 @@ CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "Gemm", "QGemm"
 def op_profile(path: Path, batch: np.ndarray, threads: int, runs: int,
                warmup: int = 3) -> tuple[float, dict[str, float]]:
     """``(ms per batch, {op type: ms per batch})`` from ONNX Runtime's profiler, warm-up runs left out."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(path.with_suffix(""))
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads=threads, profile_prefix=str(path.with_suffix("")))
     name = sess.get_inputs()[0].name
     for _ in range(warmup + runs):
         sess.run(None, {name: batch})

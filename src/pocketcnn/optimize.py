@@ -119,12 +119,13 @@ def example_batch(model: nn.Module, example_input: torch.Tensor | Sequence[int] 
     return torch.zeros(batch_size, *size)
 
 
-def ort_session(model: str | Path | bytes, *, threads: int | None = None):
+def ort_session(model: str | Path | bytes, *, threads: int | None = None, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session with the recipe every pocketcnn runtime and reference uses.
 
     All graph optimizations (``ORT_ENABLE_ALL``: constant folding, Conv+BN / Conv+activation
     fusion, NCHWc layouts), ``threads`` intra-op threads (default: ``torch.get_num_threads()``),
-    one inter-op thread, sequential execution.
+    one inter-op thread, sequential execution. ``profile_prefix``: turn ONNX Runtime's profiler
+    on, writing ``<prefix>_<date>.json`` at ``end_profiling()``.
     """
     import onnxruntime as ort
 
@@ -135,6 +136,9 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 

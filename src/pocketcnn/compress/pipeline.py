@@ -239,10 +239,11 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
         layer_sparsity = balanced_sparsities(model, sparsity, {r.name: r.chosen for r in scan if r.chosen < sparsity})
     masks: dict[str, torch.Tensor] = {}
     rounds: list[PruneRound] = []
-    for k in range(1, len(schedule) + 1):
-        target: float | dict[str, float] = schedule[k - 1]
-        if layer_sparsity is not None:  # each layer follows the schedule towards its own sparsity
-            target = {n: prune_schedule(s, len(schedule))[k - 1] if s > 0 else 0.0 for n, s in layer_sparsity.items()}
+    targets: list[float] | list[dict[str, float]] = schedule
+    if layer_sparsity is not None:  # each layer follows the schedule towards its own sparsity
+        per_layer = {n: prune_schedule(s, prune_steps) for n, s in layer_sparsity.items()}
+        targets = [{n: steps[k] for n, steps in per_layer.items()} for k in range(prune_steps)]
+    for target in targets:
         masks = magnitude_prune(model, target, scope=scope, prior=masks)
         raw = acc = score()
         say(f"pruning round {len(rounds) + 1}/{len(schedule)}: {100 * sparsity_of(masks):.1f}% of the weights "

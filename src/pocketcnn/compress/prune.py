@@ -54,10 +54,19 @@ def _keep_largest(magnitude: torch.Tensor, n_prune: int) -> torch.Tensor:
     return ~(below | (tie & (torch.cumsum(tie, 0) <= need)))
 
 
-def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Bool mask of ``weight``'s shape: False for its ``round(sparsity * n)`` smallest magnitudes."""
-    check_sparsity(sparsity)
+def _magnitude(weight: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat float magnitudes; weights a ``prior`` mask pruned count as -1, below every live one."""
     mag = weight.detach().abs().flatten().float()
+    if prior is not None:
+        mag = torch.where(prior.to(mag.device).flatten(), mag, torch.full_like(mag, -1.0))
+    return mag
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask of ``weight``'s shape: False for its ``round(sparsity * n)`` smallest magnitudes
+    (what ``prior`` pruned first)."""
+    check_sparsity(sparsity)
+    mag = _magnitude(weight, prior)
     return _keep_largest(mag, n_pruned(mag.numel(), sparsity)).view(weight.shape)
 
 
@@ -79,32 +88,32 @@ def magnitude_prune(model: nn.Module, sparsity: float | Mapping[str, float], *, 
     prior = dict(prior or {})
     if prior:
         _resolve(model, prior)  # checks names and shapes
-        checks = ([(name, per_layer[name], {name: mask}) for name, mask in prior.items() if name in per_layer]
-                  if scope == "layer" else [("all layers", float(sparsity), prior)])  # type: ignore[arg-type]
-        for label, target, old in checks:
-            if n_pruned(sum(m.numel() for m in old.values()), target) < sum(int((~m).sum()) for m in old.values()):
-                raise ConfigError(f"sparsity {target:.4f} ({label}) is below the prior masks' {sparsity_of(old):.4f}: "
-                                  "iterative pruning only removes more weights")
-
-    def magnitude(name: str, w: torch.Tensor) -> torch.Tensor:
-        mag = w.detach().abs().flatten().float()
-        if name in prior:  # already pruned: below every live weight (|w| >= 0)
-            mag = torch.where(prior[name].to(mag.device).flatten(), mag, torch.full_like(mag, -1.0))
-        return mag
+        if scope == "layer":
+            for name, mask in prior.items():
+                if name in per_layer:
+                    _check_prunes_more(name, per_layer[name], {name: mask})
+        else:
+            _check_prunes_more("all layers", float(sparsity), prior)  # type: ignore[arg-type]
 
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         if scope == "layer":
             for name, w in weights.items():
-                mag = magnitude(name, w)
-                masks[name] = _keep_largest(mag, n_pruned(mag.numel(), per_layer[name])).view(w.shape)
+                masks[name] = magnitude_mask(w, per_layer[name], prior.get(name))
         elif weights:
-            mags = torch.cat([magnitude(name, w).cpu() for name, w in weights.items()])
+            mags = torch.cat([_magnitude(w, prior.get(name)).cpu() for name, w in weights.items()])
             keep = _keep_largest(mags, n_pruned(mags.numel(), float(sparsity)))  # type: ignore[arg-type]
             for (name, w), part in zip(weights.items(), keep.split([w.numel() for w in weights.values()])):
                 masks[name] = part.view(w.shape).to(w.device)
     apply_masks(model, masks)
     return masks
+
+
+def _check_prunes_more(label: str, target: float, prior: Mapping[str, torch.Tensor]) -> None:
+    """Iterative pruning may not ask for fewer pruned weights than ``prior`` already has."""
+    if n_pruned(sum(m.numel() for m in prior.values()), target) < sum(int((~m).sum()) for m in prior.values()):
+        raise ConfigError(f"sparsity {target:.4f} ({label}) is below the prior masks' {sparsity_of(prior):.4f}: "
+                          "iterative pruning only removes more weights")
 
 
 def _per_layer(sparsity: float | Mapping[str, float], weights: Mapping[str, torch.Tensor],
