@@ -176,6 +176,29 @@ def test_cli_train_eval_json(tiny_data, tmp_path, cli_runner):
     assert e["n"] == 160 and len(e["confusion"]) == 10 and sum(map(sum, e["confusion"])) == 160
     assert set(e) >= {"top1", "top5", "per_class", "confusion"} and 0 <= e["top1"] <= e["top5"] <= 100
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    r = cli_runner.invoke(cli, ["eval", str(out / "last.pt"), "--data-dir", tiny_data, "--tta", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tta"] is True and e["tta"] is False
+
+
+def test_flip_tta_averages_the_logits_of_image_and_mirror(tiny_data):
+    from pocketcnn.data import DataSpec, load_dataset, normalize_batch
+    from pocketcnn.train.engine import evaluate
+
+    torch.manual_seed(0)
+    ds = load_dataset("mnist", "test", tiny_data)
+    spec = DataSpec("mnist", 10, 1, 28, (0.5,), (0.25,), tuple(ds.classes))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))  # not mirror-symmetric
+    x = normalize_batch(ds.data, spec.mean, spec.std, size=28)
+    with torch.no_grad():
+        plain, mirror = model(x), model(x.flip(-1))
+    for tta, logits in ((False, plain), (True, (plain + mirror) / 2)):
+        res = evaluate(model, ds, spec, batch_size=64, flip_tta=tta)
+        pred = logits.argmax(1)
+        assert res.n == 160
+        assert res.top1 == pytest.approx(100 * (pred == ds.targets).float().mean().item())
+        assert res.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, ds.targets).item(), rel=1e-5)
+    assert (plain.argmax(1) != ((plain + mirror) / 2).argmax(1)).any()  # the two evaluations differ
 
 
 def test_cli_config_file_and_errors(tiny_data, tmp_path, cli_runner):

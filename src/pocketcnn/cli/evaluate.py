@@ -19,10 +19,12 @@ from .common import echo_json, out_console
 @click.option("--test-samples", type=click.IntRange(1), help="Class-balanced subset size.")
 @click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--no-ema", is_flag=True, help="Use the raw weights even if the checkpoint has EMA weights.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: average the logits of each image and its mirror "
+              "image (2x the inference cost).")
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write eval.json and confusion.png "
               "(default: the checkpoint's folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema, out, as_json) -> None:
+def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema, tta, out, as_json) -> None:
     """Top-1, top-5, per-class accuracy and confusion matrix (PNG and JSON) of CHECKPOINT."""
     from ..data import DataSpec, balanced_subset, load_dataset
     import torch
@@ -49,10 +51,10 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
         model = model_from_checkpoint(ckpt, use_ema=not no_ema).to(device)
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
-    res = run_eval(model, ds, spec, batch_size=batch_size, device=device)
+    res = run_eval(model, ds, spec, batch_size=batch_size, device=device, flip_tta=tta)
     out_dir = Path(out) if out else Path(checkpoint).parent
-    report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "data": name, "split": split, "n": res.n,
-              "top1": res.top1, "top5": res.top5, "loss": res.loss,
+    report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "data": name, "split": split, "tta": tta,
+              "n": res.n, "top1": res.top1, "top5": res.top5, "loss": res.loss,
               "per_class": dict(zip(spec.classes, res.per_class)), "confusion": res.confusion,
               "classes": list(spec.classes)}
     out_dir.mkdir(parents=True, exist_ok=True)

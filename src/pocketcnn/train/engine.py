@@ -182,8 +182,12 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, spec: DataSpec, *, batch_size: int = 512, device: torch.device | None = None,
-             channels_last: bool = False, dist: D.DistInfo = D.DistInfo(), workers: int = 0) -> EvalResult:
-    """Top-1/top-5/loss/per-class/confusion over the WHOLE data set (each rank takes a shard; sums are reduced)."""
+             channels_last: bool = False, dist: D.DistInfo = D.DistInfo(), workers: int = 0,
+             flip_tta: bool = False) -> EvalResult:
+    """Top-1/top-5/loss/per-class/confusion over the WHOLE data set (each rank takes a shard; sums are reduced).
+
+    ``flip_tta``: test-time augmentation, the mean of the logits of each image and its mirror
+    image (twice the inference cost; matches training with ``flip`` augmentation)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -195,6 +199,8 @@ def evaluate(model: nn.Module, dataset, spec: DataSpec, *, batch_size: int = 512
         x = normalize_batch(x.to(device), spec.mean, spec.std, size=spec.image_size, channels_last=channels_last)
         y = y.to(device)
         out = model(x).float()
+        if flip_tta:
+            out = (out + model(x.flip(-1)).float()) / 2
         sums[0] += F.cross_entropy(out, y, reduction="sum")
         sums[1] += (out.topk(min(5, k), 1).indices == y[:, None]).any(1).sum()
         conf += torch.bincount(y * k + out.argmax(1), minlength=k * k).view(k, k)
