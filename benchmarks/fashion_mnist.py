@@ -23,6 +23,8 @@ from pocketcnn.train.checkpoint import atomic_write_text
 from pocketcnn.train.config import TrainConfig, recipe
 from pocketcnn.train.engine import fit
 
+NATIVE_SIZE = 28  # Fashion-MNIST's images; rows written before --input-size existed are this size
+
 
 def hardware() -> str:
     if torch.cuda.is_available():
@@ -35,7 +37,8 @@ def main() -> None:
     ap.add_argument("--models", default="alexnet,squeezenet1_0,squeezenet1_1,mobilenet_v1,mobilenet_v2,mobilenet_v3_small")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--train-samples", type=int, default=None, help="subset (default: all 60,000)")
-    ap.add_argument("--input-size", type=int, default=None, help="resize images to this side (default: 28, native)")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help=f"resize images to this side (default: {NATIVE_SIZE}, native)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision on/off (default: the recipe's, bf16 for SqueezeNet/AlexNet on a bf16 CPU)")
@@ -44,24 +47,26 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     for name in args.models.split(","):
+        run_dir = out / (name if args.input_size is None else f"{name}_{args.input_size}px")
         cfg = TrainConfig.from_dict({**recipe(name), "model": name, "epochs": args.epochs, "ema": True,
                                      "augment": ("crop", "flip", "erase"), "device": args.device,
                                      **({} if args.amp is None else {"amp": args.amp}),
                                      "train_samples": args.train_samples, "input_size": args.input_size,
-                                     "out": str(out / (name if args.input_size is None else f"{name}_{args.input_size}px"))})
+                                     "out": str(run_dir)})
         t0 = time.perf_counter()
         res = fit(cfg)
         row = {"model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
-               "epochs": args.epochs, "train_samples": args.train_samples or 60000, "input_size": args.input_size or 28,
-               "wall_minutes": round((time.perf_counter() - t0) / 60, 1), "hardware": hardware(), "config": cfg.to_dict()}
+               "epochs": args.epochs, "train_samples": args.train_samples or 60000,
+               "input_size": args.input_size or NATIVE_SIZE, "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+               "hardware": hardware(), "config": cfg.to_dict()}
         key = (name, args.epochs, row["input_size"])
-        results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", 28)) != key] + [row]
+        results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", NATIVE_SIZE)) != key] + [row]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     print("| model | best test top-1 % | final % | epochs | input | train images | wall min | hardware |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in results:
-        print(f"| {r['model']} | {r['best_top1']:.2f} | {r['final_top1']:.2f} | {r['epochs']} | {r.get('input_size', 28)} "
-              f"| {r['train_samples']:,} | {r['wall_minutes']} | {r['hardware']} |")
+        print(f"| {r['model']} | {r['best_top1']:.2f} | {r['final_top1']:.2f} | {r['epochs']} "
+              f"| {r.get('input_size', NATIVE_SIZE)} | {r['train_samples']:,} | {r['wall_minutes']} | {r['hardware']} |")
 
 
 if __name__ == "__main__":
