@@ -2,11 +2,15 @@
 
     python benchmarks/fashion_mnist.py [--models squeezenet1_1,mobilenet_v1,...] [--epochs 30]
                                        [--input-size 56] [--device auto] [--out runs/bench_fmnist]
+                                       [--resume]
 
 Records test top-1 (best and final), epochs, input size, wall time and the hardware into
 OUT/results.json (a run replaces an earlier one of the same model, epochs and input size;
 the others are kept) and prints a Markdown table for the README. ``--input-size`` resizes the
-28x28 images (bilinear) before the network: MobileNet's resolution multiplier. Public results to beat:
+28x28 images (bilinear) before the network: MobileNet's resolution multiplier. ``--resume``
+continues each model's interrupted run from its ``last.pt`` (so a long run can span sessions;
+the same arguments are required); its wall time is then the sum of the per-epoch times in
+``metrics.jsonl``. Public results to beat:
 MobileNet 95.0%, SqueezeNet 90.0% (200 epochs), AlexNet 89.9%, ResNet-18 94.9%.
 """
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from pocketcnn.train.checkpoint import atomic_write_text
+from pocketcnn.errors import ConfigError, PocketCNNError
+from pocketcnn.train.checkpoint import atomic_write_text, load_checkpoint
 from pocketcnn.train.config import TrainConfig, recipe
 from pocketcnn.train.engine import fit
 
@@ -32,7 +38,7 @@ def hardware() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="alexnet,squeezenet1_0,squeezenet1_1,mobilenet_v1,mobilenet_v2,mobilenet_v3_small")
     ap.add_argument("--epochs", type=int, default=30)
@@ -43,7 +49,8 @@ def main() -> None:
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision on/off (default: the recipe's, bf16 for SqueezeNet/AlexNet on a bf16 CPU)")
     ap.add_argument("--out", default="runs/bench_fmnist")
-    args = ap.parse_args()
+    ap.add_argument("--resume", action="store_true", help="continue each model's run from OUT/MODEL/last.pt if present")
+    args = ap.parse_args(argv)
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     for name in args.models.split(","):
@@ -53,11 +60,24 @@ def main() -> None:
                                      **({} if args.amp is None else {"amp": args.amp}),
                                      "train_samples": args.train_samples, "input_size": args.input_size,
                                      "out": str(run_dir)})
+        last = run_dir / "last.pt"
+        resume = last if args.resume and last.exists() else None
+        if resume is not None:  # a different recipe would continue under the wrong schedule
+            saved, now = load_checkpoint(resume).get("config", {}), cfg.to_dict()
+            for field in sorted((set(saved) | set(now)) - {"out", "device"}):
+                if saved.get(field) != now.get(field):
+                    raise ConfigError(f"{resume}: config field {field!r} is {saved.get(field)!r}, "
+                                      f"this invocation asks {now.get(field)!r}; resume with the same arguments")
         t0 = time.perf_counter()
-        res = fit(cfg)
+        res = fit(cfg, resume=resume)
+        wall_minutes = round((time.perf_counter() - t0) / 60, 1)
+        if resume is not None:  # the run's whole time, over every invocation
+            epochs_run = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            wall_minutes = round(sum(m["epoch_seconds"] for m in epochs_run) / 60, 1)
         row = {"model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
                "epochs": args.epochs, "train_samples": args.train_samples or 60000,
-               "input_size": args.input_size or NATIVE_SIZE, "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+               "input_size": args.input_size or NATIVE_SIZE, "wall_minutes": wall_minutes,
+               "resumed": resume is not None,
                "hardware": hardware(), "config": cfg.to_dict()}
         key = (name, args.epochs, row["input_size"])
         results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", NATIVE_SIZE)) != key] + [row]
@@ -70,4 +90,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PocketCNNError as exc:  # bad data, Ctrl-C/SIGTERM (resume with --resume), diverged run
+        sys.exit(f"fashion_mnist.py: {exc}")

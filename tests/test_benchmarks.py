@@ -1,0 +1,62 @@
+"""The accuracy benchmark script's bookkeeping: resuming a run that spans sessions."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from pocketcnn.errors import ConfigError
+from pocketcnn.train.engine import Interrupted
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TermAfterFirstEpoch:
+    """Sends this process SIGTERM at the end of epoch 1, as a session's end would."""
+
+    def on_epoch_start(self, epoch, epochs, steps): ...
+    def on_step(self, step, loss, acc, images_per_s): ...
+
+    def on_epoch_end(self, metrics):
+        if metrics["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist is not installed")
+def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    bench = load_script("fashion_mnist")
+    real_fit = bench.fit
+    args = ["--models", "mobilenet_v3_small", "--epochs", "2", "--train-samples", "300", "--device", "cpu",
+            "--out", str(tmp_path)]
+    run_dir = tmp_path / "mobilenet_v3_small"
+
+    monkeypatch.setattr(bench, "fit", lambda cfg, resume=None: real_fit(cfg, TermAfterFirstEpoch(), resume=resume))
+    with pytest.raises(Interrupted, match="signal 15.*epoch 1 complete"):
+        bench.main(args)
+    (first_epoch,) = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert not (tmp_path / "results.json").exists()
+
+    # another recipe would continue under the wrong schedule: refused, naming the field
+    with pytest.raises(ConfigError, match=r"config field 'epochs' is 2, this invocation asks 3"):
+        bench.main([*args[:3], "3", *args[4:], "--resume"])
+
+    monkeypatch.setattr(bench, "fit", real_fit)
+    bench.main([*args, "--resume"])
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in epochs] == [1, 2]
+    assert json.loads(first_epoch) == epochs[0]  # kept (with its timing), not retrained
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["resumed"] is True and row["epochs"] == 2 and row["final_top1"] == round(epochs[-1]["test_top1"], 2)
+    assert row["wall_minutes"] == round(sum(m["epoch_seconds"] for m in epochs) / 60, 1)
