@@ -25,7 +25,8 @@ from .errors import ConfigError
 from .registry import model_info
 from .train.checkpoint import atomic_write_text, model_from_checkpoint
 from .train.config import TrainConfig, recipe
-from .train.engine import Callbacks, amp_enabled, build_model, evaluate, fit, make_optimizer
+from .train.engine import Callbacks, amp_enabled, backward_step, build_model, evaluate, fit, forward_loss
+from .train.engine import make_optimizer
 
 DEFAULT_MODELS = ("alexnet", "squeezenet1_1", "mobilenet_v1", "mobilenet_v3_small")
 # (train images, epochs), most to least; the first that fits the budget is used for every model
@@ -50,12 +51,16 @@ def batch_size(model_name: str) -> int:
 
 
 def measure_speeds(model_name: str, spec: DataSpec, steps: int = 5) -> tuple[float, float]:
-    """(training, evaluation) images/s of the engine's real step: the recipe's optimizer and
-    mixed precision, channels-last, gradient clipping, the recipe's batch size (:func:`batch_size`).
+    """(training, evaluation) images/s of the engine's own step (:func:`forward_loss`,
+    :func:`backward_step`) with the recipe's optimizer, loss, mixed precision and gradient
+    clipping, channels-last, at the recipe's batch size (:func:`batch_size`).
     One warm-up step is not timed; the median of ``steps`` timed steps (and of 3 evaluation
     passes) is used, so that one step slowed by another process does not shrink the plan."""
     cfg = TrainConfig.from_dict({**recipe(model_name), "model": model_name, "batch_size": batch_size(model_name)})
-    amp = amp_enabled(cfg.amp, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    amp = amp_enabled(cfg.amp, cpu)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # bf16 on CPU needs no loss scaling
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     bs = cfg.batch_size
     model = build_model(cfg, spec).train().to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
@@ -64,12 +69,8 @@ def measure_speeds(model_name: str, spec: DataSpec, steps: int = 5) -> tuple[flo
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
+        _, loss = forward_loss(model, x, y, criterion, amp)
+        backward_step(loss, opt, scaler, model, cfg.grad_clip)
         loss.item()
         times.append(time.perf_counter() - t0)
     train_ips = bs / statistics.median(times[1:])

@@ -106,6 +106,33 @@ def amp_enabled(amp: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision type: fp16 (with loss scaling) on CUDA, bf16 (no scaling needed) on CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def forward_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
+                 amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward pass: logits and the loss, computed in fp32 under mixed precision."""
+    with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=amp):
+        out = net(x)
+        loss = criterion(out.float(), y)
+    return out, loss
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  model: nn.Module, grad_clip: float) -> None:
+    """Gradients of ``loss``, clipped to ``grad_clip`` (0: off) on the unscaled values, then one
+    optimizer step through ``scaler`` (a no-op wrapper when it is disabled)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
     """The EMA step for ``AveragedModel(multi_avg_fn=...)``, with TensorFlow's warm-up.
 
@@ -288,9 +315,8 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
     optimizer = make_optimizer(cfg, core)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     ema = AveragedModel(core, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True) if cfg.ema else None
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     amp = amp_enabled(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * dist.rank)
     out_dir = cfg.out_dir
     metrics: list[dict[str, Any]] = []
@@ -364,20 +390,12 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
                                   hflip="flip" in cfg.augment, erase=0.25 if "erase" in cfg.augment else 0.0,
                                   generator=gen)
                 x = normalize_batch(x, spec.mean, spec.std, size=cfg.input_size, channels_last=cfg.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    out = net(x)
-                    loss = criterion(out.float(), y)
+                out, loss = forward_loss(net, x, y, criterion, amp)
                 if D.any_flags([not torch.isfinite(loss).item()], dist, device)[0]:
                     raise TrainingError(
                         f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without saving "
                         f"it (last good checkpoint: {last if last.exists() else 'none yet'}). Try a lower --lr.")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                backward_step(loss, optimizer, scaler, core, cfg.grad_clip)
                 scheduler.step()
                 step += 1
                 if ema is not None:
