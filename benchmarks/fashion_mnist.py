@@ -5,12 +5,13 @@
                                        [--resume]
 
 Records test top-1 (best and final), epochs, input size, wall time and the hardware into
-OUT/results.json (a run replaces an earlier one of the same model, epochs and input size;
-the others are kept) and prints a Markdown table for the README. ``--input-size`` resizes the
-28x28 images (bilinear) before the network: MobileNet's resolution multiplier. ``--resume``
-continues each model's interrupted run from its ``last.pt`` (so a long run can span sessions;
-the same arguments are required); its wall time is then the sum of the per-epoch times in
-``metrics.jsonl``. Public results to beat:
+OUT/results.json (a run replaces an earlier one of the same model, epochs and input size; the
+others are kept) and prints a Markdown table for the README. Checkpoints and metrics go to
+OUT/MODEL[_SIZEpx][_EPOCHSep]/ (the epochs named unless they are the default 30).
+``--input-size`` resizes the 28x28 images (bilinear) before the network: MobileNet's resolution
+multiplier. ``--resume`` continues each model's interrupted run from its ``last.pt`` (so a long
+run can span sessions; the same arguments are required); its wall time is then the sum of the
+per-epoch times in ``metrics.jsonl``. Public results to beat:
 MobileNet 95.0%, SqueezeNet 90.0% (200 epochs), AlexNet 89.9%, ResNet-18 94.9%.
 """
 from __future__ import annotations
@@ -30,6 +31,14 @@ from pocketcnn.train.config import TrainConfig, recipe
 from pocketcnn.train.engine import fit
 
 NATIVE_SIZE = 28  # Fashion-MNIST's images; rows written before --input-size existed are this size
+DEFAULT_EPOCHS = 30
+
+
+def run_name(model: str, epochs: int, input_size: int | None) -> str:
+    """OUT/<this>: one folder per model, epochs and input size, like the rows of results.json
+    (so a 60-epoch run neither overwrites a 35-epoch one nor resumes from it)."""
+    return (model + ("" if input_size is None else f"_{input_size}px")
+            + ("" if epochs == DEFAULT_EPOCHS else f"_{epochs}ep"))
 
 
 def hardware() -> str:
@@ -41,7 +50,7 @@ def hardware() -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="alexnet,squeezenet1_0,squeezenet1_1,mobilenet_v1,mobilenet_v2,mobilenet_v3_small")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--train-samples", type=int, default=None, help="subset (default: all 60,000)")
     ap.add_argument("--input-size", type=int, default=None,
                     help=f"resize images to this side (default: {NATIVE_SIZE}, native)")
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     for name in args.models.split(","):
-        run_dir = out / (name if args.input_size is None else f"{name}_{args.input_size}px")
+        run_dir = out / run_name(name, args.epochs, args.input_size)
         cfg = TrainConfig.from_dict({**recipe(name), "model": name, "epochs": args.epochs, "ema": True,
                                      "augment": ("crop", "flip", "erase"), "device": args.device,
                                      **({} if args.amp is None else {"amp": args.amp}),

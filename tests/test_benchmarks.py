@@ -40,7 +40,7 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
     real_fit = bench.fit
     args = ["--models", "mobilenet_v3_small", "--epochs", "2", "--train-samples", "300", "--device", "cpu",
             "--out", str(tmp_path)]
-    run_dir = tmp_path / "mobilenet_v3_small"
+    run_dir = tmp_path / "mobilenet_v3_small_2ep"
 
     monkeypatch.setattr(bench, "fit", lambda cfg, resume=None: real_fit(cfg, TermAfterFirstEpoch(), resume=resume))
     with pytest.raises(Interrupted, match="signal 15.*epoch 1 complete"):
@@ -60,3 +60,10 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
     (row,) = json.loads((tmp_path / "results.json").read_text())
     assert row["resumed"] is True and row["epochs"] == 2 and row["final_top1"] == round(epochs[-1]["test_top1"], 2)
     assert row["wall_minutes"] == round(sum(m["epoch_seconds"] for m in epochs) / 60, 1)
+
+
+def test_fashion_mnist_benchmark_run_folders_differ_by_epochs_and_size():
+    name = load_script("fashion_mnist").run_name
+    assert name("squeezenet1_1", 30, None) == "squeezenet1_1"
+    assert name("mobilenet_v3_small", 35, 56) == "mobilenet_v3_small_56px_35ep"
+    assert name("mobilenet_v3_small", 60, 56) == "mobilenet_v3_small_56px_60ep"
