@@ -49,8 +49,8 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
     assert not (tmp_path / "results.json").exists()
 
     # another recipe would continue under the wrong schedule: refused, naming the field
-    with pytest.raises(ConfigError, match=r"config field 'epochs' is 2, this invocation asks 3"):
-        bench.main([*args[:3], "3", *args[4:], "--resume"])
+    with pytest.raises(ConfigError, match=r"config field 'train_samples' is 300, this invocation asks 400"):
+        bench.main([*args[:5], "400", *args[6:], "--resume"])
 
     monkeypatch.setattr(bench, "fit", real_fit)
     bench.main([*args, "--resume"])
