@@ -80,9 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         res = fit(cfg, resume=resume)
         wall_minutes = round((time.perf_counter() - t0) / 60, 1)
-        if resume is not None:  # the run's whole time, over every invocation
-            epochs_run = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-            wall_minutes = round(sum(m["epoch_seconds"] for m in epochs_run) / 60, 1)
+        if resume is not None:  # the run's whole time, over every invocation (its checkpoint kept the metrics)
+            wall_minutes = round(sum(m["epoch_seconds"] for m in res.metrics) / 60, 1)
         row = {"model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
                "epochs": args.epochs, "train_samples": args.train_samples or 60000,
                "input_size": args.input_size or NATIVE_SIZE, "wall_minutes": wall_minutes,
