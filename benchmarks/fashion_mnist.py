@@ -32,13 +32,15 @@ from pocketcnn.train.engine import fit
 
 NATIVE_SIZE = 28  # Fashion-MNIST's images; rows written before --input-size existed are this size
 DEFAULT_EPOCHS = 30
+DEFAULT_ERASE = TrainConfig.erase_prob  # rows written before --erase-prob existed used this
 
 
-def run_name(model: str, epochs: int, input_size: int | None) -> str:
-    """OUT/<this>: one folder per model, epochs and input size, like the rows of results.json
-    (so a 60-epoch run neither overwrites a 35-epoch one nor resumes from it)."""
+def run_name(model: str, epochs: int, input_size: int | None, erase_prob: float = DEFAULT_ERASE) -> str:
+    """OUT/<this>: one folder per model, epochs, input size and erasing probability, like the
+    rows of results.json (so a 60-epoch run neither overwrites a 35-epoch one nor resumes from it)."""
     return (model + ("" if input_size is None else f"_{input_size}px")
-            + ("" if epochs == DEFAULT_EPOCHS else f"_{epochs}ep"))
+            + ("" if epochs == DEFAULT_EPOCHS else f"_{epochs}ep")
+            + ("" if erase_prob == DEFAULT_ERASE else f"_erase{erase_prob:g}"))
 
 
 def hardware() -> str:
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-samples", type=int, default=None, help="subset (default: all 60,000)")
     ap.add_argument("--input-size", type=int, default=None,
                     help=f"resize images to this side (default: {NATIVE_SIZE}, native)")
+    ap.add_argument("--erase-prob", type=float, default=DEFAULT_ERASE,
+                    help=f"chance that a training image gets one erased rectangle (default: {DEFAULT_ERASE})")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision on/off (default: the recipe's, bf16 for SqueezeNet/AlexNet on a bf16 CPU)")
@@ -63,9 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     for name in args.models.split(","):
-        run_dir = out / run_name(name, args.epochs, args.input_size)
+        run_dir = out / run_name(name, args.epochs, args.input_size, args.erase_prob)
         cfg = TrainConfig.from_dict({**recipe(name), "model": name, "epochs": args.epochs, "ema": True,
-                                     "augment": ("crop", "flip", "erase"), "device": args.device,
+                                     "augment": ("crop", "flip", "erase"), "erase_prob": args.erase_prob,
+                                     "device": args.device,
                                      **({} if args.amp is None else {"amp": args.amp}),
                                      "train_samples": args.train_samples, "input_size": args.input_size,
                                      "out": str(run_dir)})
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         resume = last if args.resume and last.exists() else None
         if resume is not None:  # a different recipe would continue under the wrong schedule
             saved, now = load_checkpoint(resume).get("config", {}), cfg.to_dict()
+            saved = {**TrainConfig(model=name).to_dict(), **saved}  # a field added since: its default
             for field in sorted((set(saved) | set(now)) - {"out", "device"}):
                 if saved.get(field) != now.get(field):
                     raise ConfigError(f"{resume}: config field {field!r} is {saved.get(field)!r}, "
@@ -84,11 +90,13 @@ def main(argv: list[str] | None = None) -> None:
             wall_minutes = round(sum(m["epoch_seconds"] for m in res.metrics) / 60, 1)
         row = {"model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
                "epochs": args.epochs, "train_samples": args.train_samples or 60000,
-               "input_size": args.input_size or NATIVE_SIZE, "wall_minutes": wall_minutes,
+               "input_size": args.input_size or NATIVE_SIZE, "erase_prob": args.erase_prob,
+               "wall_minutes": wall_minutes,
                "resumed": resume is not None,
                "hardware": hardware(), "config": cfg.to_dict()}
-        key = (name, args.epochs, row["input_size"])
-        results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", NATIVE_SIZE)) != key] + [row]
+        key = (name, args.epochs, row["input_size"], args.erase_prob)
+        results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", NATIVE_SIZE),
+                                          r.get("erase_prob", DEFAULT_ERASE)) != key] + [row]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     print("| model | best test top-1 % | final % | epochs | input | train images | wall min | hardware |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

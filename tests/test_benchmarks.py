@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pocketcnn.errors import ConfigError
+from pocketcnn.train.checkpoint import load_checkpoint, save_checkpoint
 from pocketcnn.train.engine import Interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +48,16 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
         bench.main(args)
     (first_epoch,) = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert not (tmp_path / "results.json").exists()
+    # a checkpoint written before the erase_prob field existed reads as its default (0.25): accepted
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    assert ckpt["config"].pop("erase_prob") == 0.25
+    save_checkpoint(run_dir / "last.pt", ckpt)
 
     # another recipe would continue under the wrong schedule: refused, naming the field
     with pytest.raises(ConfigError, match=r"config field 'train_samples' is 300, this invocation asks 400"):
         bench.main([*args[:5], "400", *args[6:], "--resume"])
+    # another erasing probability is another run (its own folder): nothing to resume there
+    assert bench.run_name("mobilenet_v3_small", 2, None, 0.5) != run_dir.name
 
     monkeypatch.setattr(bench, "fit", real_fit)
     bench.main([*args, "--resume"])
@@ -62,8 +69,10 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
     assert row["wall_minutes"] == round(sum(m["epoch_seconds"] for m in epochs) / 60, 1)
 
 
-def test_fashion_mnist_benchmark_run_folders_differ_by_epochs_and_size():
+def test_fashion_mnist_benchmark_run_folders_differ_by_epochs_size_and_erasing():
     name = load_script("fashion_mnist").run_name
     assert name("squeezenet1_1", 30, None) == "squeezenet1_1"
     assert name("mobilenet_v3_small", 35, 56) == "mobilenet_v3_small_56px_35ep"
     assert name("mobilenet_v3_small", 60, 56) == "mobilenet_v3_small_56px_60ep"
+    assert name("mobilenet_v3_small", 40, 56, 0.5) == "mobilenet_v3_small_56px_40ep_erase0.5"
+    assert name("mobilenet_v3_small", 40, 56, 0.25) == "mobilenet_v3_small_56px_40ep"  # the default: unnamed

@@ -136,6 +136,21 @@ def test_config_validation(tiny_data, tmp_path):
         cfg(tiny_data, tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match="amp must be true, false or \"auto\", received amp='yes'"):
         cfg(tiny_data, tmp_path, amp="yes")
+    with pytest.raises(ConfigError, match=r"erase_prob must be in \[0, 1\], received erase_prob=1.5"):
+        cfg(tiny_data, tmp_path, erase_prob=1.5)
+
+
+@pytest.mark.parametrize("augment, erase_prob, expected", [(("crop", "erase"), 0.6, 0.6), (("crop",), 0.6, 0.0),
+                                                           (("erase",), None, 0.25)])
+def test_engine_erases_with_the_configured_probability(tiny_data, tmp_path, monkeypatch, augment, erase_prob, expected):
+    import pocketcnn.train.engine as E
+
+    seen = []
+    real = E.augment_batch
+    monkeypatch.setattr(E, "augment_batch", lambda x, **kw: seen.append(kw["erase"]) or real(x, **kw))
+    extra = {} if erase_prob is None else {"erase_prob": erase_prob}
+    fit(cfg(tiny_data, tmp_path, train_samples=128, test_samples=20, augment=augment, **extra))
+    assert seen and set(seen) == {expected}
 
 
 def test_amp_auto_follows_the_hardware(monkeypatch):
@@ -163,9 +178,12 @@ def test_cli_train_eval_json(tiny_data, tmp_path, cli_runner):
     out = tmp_path / "cli"
     r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data,
                                 "--epochs", "1", "--batch-size", "64", "--train-samples", "128", "--optimizer",
-                                "adamw", "--lr", "0.01", "--out", str(out), "--json"])
+                                "adamw", "--lr", "0.01", "--augment", "crop,flip,erase", "--erase-prob", "0.5",
+                                "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
+    saved = load_checkpoint(out / "last.pt")["config"]
+    assert saved["augment"] == ["crop", "flip", "erase"] and saved["erase_prob"] == 0.5
     for key in ("model", "epochs", "best_top1", "final_top1", "params", "wall_seconds", "checkpoint"):
         assert key in d
     assert d["model"] == "squeezenet1_1" and Path(d["checkpoint"]).is_file()
@@ -215,6 +233,8 @@ def test_cli_config_file_and_errors(tiny_data, tmp_path, cli_runner):
     r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir",
                                 str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and "nowhere" in r.output and "Traceback" not in r.output
+    r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--erase-prob", "2"])
+    assert r.exit_code == 2 and "--erase-prob" in r.output and "0<=x<=1" in r.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     r = cli_runner.invoke(cli, ["eval", str(bad)])

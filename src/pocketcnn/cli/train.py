@@ -14,7 +14,7 @@ from .common import ModelName, echo_json, err_console
 # option name -> TrainConfig field, for the options that map one to one
 FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
           "weight_decay", "label_smoothing", "amp", "channels_last", "ema", "seed", "workers", "train_samples",
-          "test_samples", "out", "input_size", "device", "sync_bn")
+          "test_samples", "out", "input_size", "device", "sync_bn", "erase_prob")
 
 
 class RichProgress:
@@ -143,6 +143,8 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
 @click.option("--weight-decay", type=click.FloatRange(0))
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True))
 @click.option("--augment", help=f"Comma list of {', '.join(AUGMENTS)}, or none.")
+@click.option("--erase-prob", type=click.FloatRange(0, 1),
+              help="With erase in --augment: chance that an image gets one erased rectangle (default 0.25).")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (bf16 on CPU, fp16 on CUDA).")
 @click.option("--channels-last/--no-channels-last", default=None)
 @click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights.")

@@ -38,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: tuple[str, ...] = ("crop", "flip")
     crop_padding: int = 2
+    erase_prob: float = 0.25  # with "erase" in augment: chance that an image gets one erased rectangle
     # mixed precision: True, False or "auto" (fp16 on CUDA; bf16 on a CPU with native bf16
     # instructions, AVX512-BF16 or AMX, where it is measured faster; off elsewhere)
     amp: bool | str = False
@@ -81,6 +82,8 @@ class TrainConfig:
             )
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise ConfigError(f"amp must be true, false or \"auto\", received amp={self.amp!r}")
+        if not (isinstance(self.erase_prob, (int, float)) and 0 <= self.erase_prob <= 1):
+            raise ConfigError(f"erase_prob must be in [0, 1], received erase_prob={self.erase_prob!r}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), received ema_decay={self.ema_decay!r}")
         if self.workers < 0:

@@ -387,7 +387,7 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
                                       f"(epoch {epoch + 1}, step {i}); resume with --resume {last}")
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x = augment_batch(x, crop_padding=cfg.crop_padding if "crop" in cfg.augment else 0,
-                                  hflip="flip" in cfg.augment, erase=0.25 if "erase" in cfg.augment else 0.0,
+                                  hflip="flip" in cfg.augment, erase=cfg.erase_prob if "erase" in cfg.augment else 0.0,
                                   generator=gen)
                 x = normalize_batch(x, spec.mean, spec.std, size=cfg.input_size, channels_last=cfg.channels_last)
                 out, loss = forward_loss(net, x, y, criterion, amp)
