@@ -1,13 +1,14 @@
 """Accuracy benchmark: full recipes on Fashion-MNIST (all 60,000 training images, all 10,000 test).
 
     python benchmarks/fashion_mnist.py [--models squeezenet1_1,mobilenet_v1,...] [--epochs 30]
-                                       [--input-size 56] [--device auto] [--out runs/bench_fmnist]
-                                       [--resume]
+                                       [--input-size 56] [--erase-prob 0.25] [--device auto]
+                                       [--out runs/bench_fmnist] [--resume]
 
 Records test top-1 (best and final), epochs, input size, wall time and the hardware into
-OUT/results.json (a run replaces an earlier one of the same model, epochs and input size; the
-others are kept) and prints a Markdown table for the README. Checkpoints and metrics go to
-OUT/MODEL[_SIZEpx][_EPOCHSep]/ (the epochs named unless they are the default 30).
+OUT/results.json (a run replaces an earlier one of the same model, epochs, input size and
+erasing probability; the others are kept) and prints a Markdown table for the README.
+Checkpoints and metrics go to OUT/MODEL[_SIZEpx][_EPOCHSep][_eraseP]/ (the epochs named unless
+they are the default 30, the erasing probability unless it is the default 0.25).
 ``--input-size`` resizes the 28x28 images (bilinear) before the network: MobileNet's resolution
 multiplier. ``--resume`` continues each model's interrupted run from its ``last.pt`` (so a long
 run can span sessions; the same arguments are required); its wall time is then the sum of the
@@ -98,11 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", NATIVE_SIZE),
                                           r.get("erase_prob", DEFAULT_ERASE)) != key] + [row]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    print("| model | best test top-1 % | final % | epochs | input | train images | wall min | hardware |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| model | best test top-1 % | final % | epochs | input | erase p | train images | wall min | hardware |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in results:
         print(f"| {r['model']} | {r['best_top1']:.2f} | {r['final_top1']:.2f} | {r['epochs']} "
-              f"| {r.get('input_size', NATIVE_SIZE)} | {r['train_samples']:,} | {r['wall_minutes']} | {r['hardware']} |")
+              f"| {r.get('input_size', NATIVE_SIZE)} | {r.get('erase_prob', DEFAULT_ERASE):g} | {r['train_samples']:,} "
+              f"| {r['wall_minutes']} | {r['hardware']} |")
 
 
 if __name__ == "__main__":
