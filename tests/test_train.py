@@ -239,3 +239,17 @@ def test_cli_config_file_and_errors(tiny_data, tmp_path, cli_runner):
     bad.write_bytes(b"not a checkpoint")
     r = cli_runner.invoke(cli, ["eval", str(bad)])
     assert r.exit_code == 1 and "bad.pt" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("size, small", [(28, True), (56, True), (72, True), (96, True), (97, False), (128, False)])
+def test_small_input_stem_up_to_96_px(size, small):
+    from pocketcnn.data import DataSpec
+    from pocketcnn.train.engine import build_model
+
+    spec = DataSpec("fashion-mnist", 10, 1, size, (0.5,), (0.25,), tuple("abcdefghij"))
+    model = build_model(TrainConfig(model="mobilenet_v3_small"), spec)
+    assert model.pocketcnn_kwargs["small_input"] is small
+    with torch.no_grad():  # last feature maps: 4x4 or more either way
+        assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-1] >= (4 if size >= 56 else 2)
+    forced = build_model(TrainConfig(model="mobilenet_v3_small", model_kwargs={"small_input": not small}), spec)
+    assert forced.pocketcnn_kwargs["small_input"] is (not small)  # the recipe's or user's choice wins

@@ -155,9 +155,15 @@ def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor]
     return update
 
 
+SMALL_INPUT_MAX = 96  # up to this side the small-input stem is the default (model_kwargs may say otherwise)
+
+
 def build_model(cfg: TrainConfig, spec: DataSpec) -> nn.Module:
+    """The run's network. Images up to 96 px get the small-input stem (stride 1): with the usual
+    total stride 32 their last feature maps would be 3x3 or smaller (3x3 at 72 px, 2x2 at 56),
+    too coarse for the pooling head; from 97 px on, stride 32 leaves 4x4 or more."""
     kwargs = dict(cfg.model_kwargs)
-    kwargs.setdefault("small_input", spec.image_size <= 64)
+    kwargs.setdefault("small_input", spec.image_size <= SMALL_INPUT_MAX)
     return create_model(cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans, **kwargs)
 
 
