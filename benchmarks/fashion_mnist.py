@@ -5,8 +5,8 @@
                                        [--out runs/bench_fmnist] [--resume]
 
 Records test top-1 (best and final), epochs, input size, wall time and the hardware into
-OUT/results.json (a run replaces an earlier one of the same model, epochs, input size and
-erasing probability; the others are kept) and prints a Markdown table for the README.
+OUT/results.json (each row names its run folder; a run replaces the earlier row of the same
+folder, the others are kept) and prints a Markdown table for the README.
 Checkpoints and metrics go to OUT/MODEL[_SIZEpx][_EPOCHSep][_eraseP]/ (the epochs named unless
 they are the default 30, the erasing probability unless it is the default 0.25).
 ``--input-size`` resizes the 28x28 images (bilinear) before the network: MobileNet's resolution
@@ -42,6 +42,16 @@ def run_name(model: str, epochs: int, input_size: int | None, erase_prob: float 
     return (model + ("" if input_size is None else f"_{input_size}px")
             + ("" if epochs == DEFAULT_EPOCHS else f"_{epochs}ep")
             + ("" if erase_prob == DEFAULT_ERASE else f"_erase{erase_prob:g}"))
+
+
+def row_run(row: dict) -> str:
+    """The run a results.json row belongs to: its ``run`` field, or for a row written before that
+    field existed, the name run_name gives its recorded model, epochs, input size and erasing."""
+    if "run" in row:
+        return row["run"]
+    size = row.get("input_size", NATIVE_SIZE)  # the row's own field says 28 for "native" ...
+    size = row.get("config", {}).get("input_size", None if size == NATIVE_SIZE else size)  # ... its config, None
+    return run_name(row["model"], row["epochs"], size, row.get("erase_prob", DEFAULT_ERASE))
 
 
 def hardware() -> str:
@@ -89,15 +99,13 @@ def main(argv: list[str] | None = None) -> None:
         wall_minutes = round((time.perf_counter() - t0) / 60, 1)
         if resume is not None:  # the run's whole time, over every invocation (its checkpoint kept the metrics)
             wall_minutes = round(sum(m["epoch_seconds"] for m in res.metrics) / 60, 1)
-        row = {"model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
+        row = {"run": run_dir.name, "model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
                "epochs": args.epochs, "train_samples": args.train_samples or 60000,
                "input_size": args.input_size or NATIVE_SIZE, "erase_prob": args.erase_prob,
                "wall_minutes": wall_minutes,
                "resumed": resume is not None,
                "hardware": hardware(), "config": cfg.to_dict()}
-        key = (name, args.epochs, row["input_size"], args.erase_prob)
-        results = [r for r in results if (r["model"], r["epochs"], r.get("input_size", NATIVE_SIZE),
-                                          r.get("erase_prob", DEFAULT_ERASE)) != key] + [row]
+        results = [r for r in results if row_run(r) != run_dir.name] + [row]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     print("| model | best test top-1 % | final % | epochs | input | erase p | train images | wall min | hardware |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

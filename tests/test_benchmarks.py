@@ -59,12 +59,21 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
     # another erasing probability is another run (its own folder): nothing to resume there
     assert bench.run_name("mobilenet_v3_small", 2, None, 0.5) != run_dir.name
 
+    # rows of earlier invocations: one of this run written before rows named their run (replaced),
+    # one of another run (kept)
+    common = {"train_samples": 60000, "wall_minutes": 1.0, "hardware": "cpu"}
+    older = [{**common, "model": "mobilenet_v3_small", "epochs": 2, "input_size": 28, "best_top1": 1.0,
+              "final_top1": 1.0},
+             {**common, "run": "squeezenet1_1", "model": "squeezenet1_1", "epochs": 30, "best_top1": 93.0,
+              "final_top1": 93.0}]
+    (tmp_path / "results.json").write_text(json.dumps(older))
     monkeypatch.setattr(bench, "fit", real_fit)
     bench.main([*args, "--resume"])
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in epochs] == [1, 2]
     assert json.loads(first_epoch) == epochs[0]  # kept (with its timing), not retrained
-    (row,) = json.loads((tmp_path / "results.json").read_text())
+    kept, row = json.loads((tmp_path / "results.json").read_text())
+    assert kept == older[1] and row["run"] == run_dir.name
     assert row["resumed"] is True and row["epochs"] == 2 and row["final_top1"] == round(epochs[-1]["test_top1"], 2)
     assert row["wall_minutes"] == round(sum(m["epoch_seconds"] for m in epochs) / 60, 1)
 
@@ -76,3 +85,16 @@ def test_fashion_mnist_benchmark_run_folders_differ_by_epochs_size_and_erasing()
     assert name("mobilenet_v3_small", 60, 56) == "mobilenet_v3_small_56px_60ep"
     assert name("mobilenet_v3_small", 40, 56, 0.5) == "mobilenet_v3_small_56px_40ep_erase0.5"
     assert name("mobilenet_v3_small", 40, 56, 0.25) == "mobilenet_v3_small_56px_40ep"  # the default: unnamed
+
+
+def test_fashion_mnist_benchmark_rows_name_their_run_and_old_rows_get_one():
+    bench = load_script("fashion_mnist")
+    assert bench.row_run({"run": "x_56px", "model": "mobilenet_v3_small", "epochs": 30}) == "x_56px"
+    # written before input size, erasing and the run field existed: native size, default erasing
+    assert bench.row_run({"model": "alexnet", "epochs": 10, "input_size": 28, "config": {}}) == "alexnet_10ep"
+    assert bench.row_run({"model": "squeezenet1_1", "epochs": 30}) == "squeezenet1_1"
+    # the row's own field says 28 for native; its config says None (native) or 28 (asked for, resized)
+    assert bench.row_run({"model": "m", "epochs": 30, "input_size": 28, "config": {"input_size": None}}) == "m"
+    assert bench.row_run({"model": "m", "epochs": 30, "input_size": 28, "config": {"input_size": 28}}) == "m_28px"
+    assert bench.row_run({"model": "m", "epochs": 40, "input_size": 56, "erase_prob": 0.5,
+                          "config": {"input_size": 56}}) == "m_56px_40ep_erase0.5"
