@@ -1,14 +1,15 @@
 """Accuracy benchmark: full recipes on Fashion-MNIST (all 60,000 training images, all 10,000 test).
 
     python benchmarks/fashion_mnist.py [--models squeezenet1_1,mobilenet_v1,...] [--epochs 30]
-                                       [--input-size 56] [--erase-prob 0.25] [--device auto]
-                                       [--out runs/bench_fmnist] [--resume]
+                                       [--input-size 56] [--erase-prob 0.25] [--weight-decay WD]
+                                       [--device auto] [--out runs/bench_fmnist] [--resume]
 
 Records test top-1 (best and final), epochs, input size, wall time and the hardware into
 OUT/results.json (each row names its run folder; a run replaces the earlier row of the same
 folder, the others are kept) and prints a Markdown table for the README.
-Checkpoints and metrics go to OUT/MODEL[_SIZEpx][_EPOCHSep][_eraseP]/ (the epochs named unless
-they are the default 30, the erasing probability unless it is the default 0.25).
+Checkpoints and metrics go to OUT/MODEL[_SIZEpx][_EPOCHSep][_eraseP][_wdWD]/ (the epochs named
+unless they are the default 30, the erasing probability unless it is the default 0.25, the weight
+decay only when --weight-decay overrides the recipe's).
 ``--input-size`` resizes the 28x28 images (bilinear) before the network: MobileNet's resolution
 multiplier. ``--resume`` continues each model's interrupted run from its ``last.pt`` (so a long
 run can span sessions; the same arguments are required); its wall time is then the sum of the
@@ -36,12 +37,15 @@ DEFAULT_EPOCHS = 30
 DEFAULT_ERASE = TrainConfig.erase_prob  # rows written before --erase-prob existed used this
 
 
-def run_name(model: str, epochs: int, input_size: int | None, erase_prob: float = DEFAULT_ERASE) -> str:
-    """OUT/<this>: one folder per model, epochs, input size and erasing probability, like the
-    rows of results.json (so a 60-epoch run neither overwrites a 35-epoch one nor resumes from it)."""
+def run_name(model: str, epochs: int, input_size: int | None, erase_prob: float = DEFAULT_ERASE,
+             weight_decay: float | None = None) -> str:
+    """OUT/<this>: one folder per model, epochs, input size, erasing probability and weight decay
+    (None: the recipe's), named like its results.json row (so a 60-epoch run neither overwrites a
+    35-epoch one nor resumes from it)."""
     return (model + ("" if input_size is None else f"_{input_size}px")
             + ("" if epochs == DEFAULT_EPOCHS else f"_{epochs}ep")
-            + ("" if erase_prob == DEFAULT_ERASE else f"_erase{erase_prob:g}"))
+            + ("" if erase_prob == DEFAULT_ERASE else f"_erase{erase_prob:g}")
+            + ("" if weight_decay is None else f"_wd{weight_decay:g}"))
 
 
 def row_run(row: dict) -> str:
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"resize images to this side (default: {NATIVE_SIZE}, native)")
     ap.add_argument("--erase-prob", type=float, default=DEFAULT_ERASE,
                     help=f"chance that a training image gets one erased rectangle (default: {DEFAULT_ERASE})")
+    ap.add_argument("--weight-decay", type=float, default=None,
+                    help="override the recipe's weight decay (default: the recipe's, 0.05 for AdamW recipes)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision on/off (default: the recipe's, bf16 for SqueezeNet/AlexNet on a bf16 CPU)")
@@ -78,11 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     for name in args.models.split(","):
-        run_dir = out / run_name(name, args.epochs, args.input_size, args.erase_prob)
-        cfg = TrainConfig.from_dict({**recipe(name), "model": name, "epochs": args.epochs, "ema": True,
+        base = {**recipe(name), "model": name}
+        wd = None if args.weight_decay == TrainConfig.from_dict(base).weight_decay else args.weight_decay
+        run_dir = out / run_name(name, args.epochs, args.input_size, args.erase_prob, wd)
+        cfg = TrainConfig.from_dict({**base, "epochs": args.epochs, "ema": True,
                                      "augment": ("crop", "flip", "erase"), "erase_prob": args.erase_prob,
                                      "device": args.device,
                                      **({} if args.amp is None else {"amp": args.amp}),
+                                     **({} if wd is None else {"weight_decay": wd}),
                                      "train_samples": args.train_samples, "input_size": args.input_size,
                                      "out": str(run_dir)})
         last = run_dir / "last.pt"
@@ -99,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         wall_minutes = round((time.perf_counter() - t0) / 60, 1)
         if resume is not None:  # the run's whole time, over every invocation (its checkpoint kept the metrics)
             wall_minutes = round(sum(m["epoch_seconds"] for m in res.metrics) / 60, 1)
-        row = {"run": run_dir.name, "model": name, "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
+        row = {"run": run_dir.name, "model": name,
+               "best_top1": round(res.best_top1, 2), "final_top1": round(res.final_top1, 2),
                "epochs": args.epochs, "train_samples": args.train_samples or 60000,
                "input_size": args.input_size or NATIVE_SIZE, "erase_prob": args.erase_prob,
                "wall_minutes": wall_minutes,
@@ -107,11 +117,13 @@ def main(argv: list[str] | None = None) -> None:
                "hardware": hardware(), "config": cfg.to_dict()}
         results = [r for r in results if row_run(r) != run_dir.name] + [row]
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    print("| model | best test top-1 % | final % | epochs | input | erase p | train images | wall min | hardware |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| model | best test top-1 % | final % | epochs | input | erase p | weight decay | train images "
+          "| wall min | hardware |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in results:
         print(f"| {r['model']} | {r['best_top1']:.2f} | {r['final_top1']:.2f} | {r['epochs']} "
-              f"| {r.get('input_size', NATIVE_SIZE)} | {r.get('erase_prob', DEFAULT_ERASE):g} | {r['train_samples']:,} "
+              f"| {r.get('input_size', NATIVE_SIZE)} | {r.get('erase_prob', DEFAULT_ERASE):g} "
+              f"| {r.get('config', {}).get('weight_decay', '?')} | {r['train_samples']:,} "
               f"| {r['wall_minutes']} | {r['hardware']} |")
 
 

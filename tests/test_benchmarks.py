@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,6 +86,8 @@ def test_fashion_mnist_benchmark_run_folders_differ_by_epochs_size_and_erasing()
     assert name("mobilenet_v3_small", 60, 56) == "mobilenet_v3_small_56px_60ep"
     assert name("mobilenet_v3_small", 40, 56, 0.5) == "mobilenet_v3_small_56px_40ep_erase0.5"
     assert name("mobilenet_v3_small", 40, 56, 0.25) == "mobilenet_v3_small_56px_40ep"  # the default: unnamed
+    assert name("mobilenet_v3_small", 40, 72, 0.5, 0.1) == "mobilenet_v3_small_72px_40ep_erase0.5_wd0.1"
+    assert name("mobilenet_v3_small", 40, 72, 0.5, None) == "mobilenet_v3_small_72px_40ep_erase0.5"  # the recipe's
 
 
 def test_fashion_mnist_benchmark_rows_name_their_run_and_old_rows_get_one():
@@ -98,3 +101,26 @@ def test_fashion_mnist_benchmark_rows_name_their_run_and_old_rows_get_one():
     assert bench.row_run({"model": "m", "epochs": 30, "input_size": 28, "config": {"input_size": 28}}) == "m_28px"
     assert bench.row_run({"model": "m", "epochs": 40, "input_size": 56, "erase_prob": 0.5,
                           "config": {"input_size": 56}}) == "m_56px_40ep_erase0.5"
+
+
+def test_fashion_mnist_benchmark_weight_decay_override_is_its_own_run(tmp_path, monkeypatch, capsys):
+    bench = load_script("fashion_mnist")
+    seen = []
+
+    def fake_fit(cfg, resume=None):  # the bookkeeping only: no training
+        seen.append(cfg)
+        return SimpleNamespace(best_top1=50.0, final_top1=40.0, metrics=[])
+
+    monkeypatch.setattr(bench, "fit", fake_fit)
+    args = ["--models", "mobilenet_v3_small", "--epochs", "2", "--out", str(tmp_path)]
+    bench.main(args)
+    bench.main([*args, "--weight-decay", "0.05"])  # the recipe's own value: the same run
+    bench.main([*args, "--weight-decay", "0.1"])
+    assert [c.weight_decay for c in seen] == [0.05, 0.05, 0.1]
+    assert [Path(c.out).name for c in seen] == ["mobilenet_v3_small_2ep"] * 2 + ["mobilenet_v3_small_2ep_wd0.1"]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["run"], r["config"]["weight_decay"]) for r in rows] == [
+        ("mobilenet_v3_small_2ep", 0.05), ("mobilenet_v3_small_2ep_wd0.1", 0.1)]
+    assert "| 2 | 28 | 0.25 | 0.1 | 60,000 |" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="weight_decay >= 0"):
+        bench.main([*args, "--weight-decay", "-1"])
