@@ -29,7 +29,7 @@ import torch
 
 from pocketcnn.errors import ConfigError, PocketCNNError
 from pocketcnn.train.checkpoint import atomic_write_text, load_checkpoint
-from pocketcnn.train.config import TrainConfig, recipe
+from pocketcnn.train.config import TrainConfig, config_changes, recipe
 from pocketcnn.train.engine import fit
 
 NATIVE_SIZE = 28  # Fashion-MNIST's images; rows written before --input-size existed are this size
@@ -97,12 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         last = run_dir / "last.pt"
         resume = last if args.resume and last.exists() else None
         if resume is not None:  # a different recipe would continue under the wrong schedule
-            saved, now = load_checkpoint(resume).get("config", {}), cfg.to_dict()
-            saved = {**TrainConfig(model=name).to_dict(), **saved}  # a field added since: its default
-            for field in sorted((set(saved) | set(now)) - {"out", "device"}):
-                if saved.get(field) != now.get(field):
-                    raise ConfigError(f"{resume}: config field {field!r} is {saved.get(field)!r}, "
-                                      f"this invocation asks {now.get(field)!r}; resume with the same arguments")
+            changes = config_changes(load_checkpoint(resume).get("config", {}), cfg)
+            if changes:
+                field, was, asked = changes[0]
+                raise ConfigError(f"{resume}: config field {field!r} is {was!r}, "
+                                  f"this invocation asks {asked!r}; resume with the same arguments")
         t0 = time.perf_counter()
         res = fit(cfg, resume=resume)
         wall_minutes = round((time.perf_counter() - t0) / 60, 1)

@@ -140,6 +140,18 @@ def test_config_validation(tiny_data, tmp_path):
         cfg(tiny_data, tmp_path, erase_prob=1.5)
 
 
+def test_config_changes_against_a_saved_config():
+    from pocketcnn.train.config import config_changes
+
+    now = TrainConfig(model="mobilenet_v3_small", epochs=40, erase_prob=0.5, out="a", device="cpu")
+    saved = {**now.to_dict(), "out": "b", "device": "cuda"}  # where and on what: not what is computed
+    assert config_changes(saved, now) == []
+    assert config_changes({**saved, "epochs": 30, "lr": 0.1}, now) == [("epochs", 30, 40), ("lr", 0.1, now.lr)]
+    older = {k: v for k, v in saved.items() if k != "erase_prob"}  # written before the field existed
+    assert config_changes(older, now) == [("erase_prob", 0.25, 0.5)]
+    assert config_changes(older, now.replace(erase_prob=0.25)) == []
+
+
 @pytest.mark.parametrize("augment, erase_prob, expected", [(("crop", "erase"), 0.6, 0.6), (("crop",), 0.6, 0.0),
                                                            (("erase",), None, 0.25)])
 def test_engine_erases_with_the_configured_probability(tiny_data, tmp_path, monkeypatch, augment, erase_prob, expected):
@@ -197,6 +209,24 @@ def test_cli_train_eval_json(tiny_data, tmp_path, cli_runner):
     r = cli_runner.invoke(cli, ["eval", str(out / "last.pt"), "--data-dir", tiny_data, "--tta", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["tta"] is True and e["tta"] is False
+
+
+def test_cli_resume_warns_about_changed_settings(tiny_data, tmp_path, cli_runner):
+    out = tmp_path / "r"
+    args = ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data, "--batch-size", "64",
+            "--train-samples", "64", "--test-samples", "20", "--out", str(out), "-q"]
+    r = cli_runner.invoke(cli, [*args, "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    last = str(out / "last.pt")
+    r = cli_runner.invoke(cli, [*args, "--resume", last, "--json"])  # the saved epochs (1): nothing changes
+    assert r.exit_code == 0, r.output
+    assert r.stderr == "" and json.loads(r.stdout)["epochs"] == 1
+    r = cli_runner.invoke(cli, [*args, "--epochs", "2", "--lr", "0.002", "--resume", last, "--json"])
+    assert r.exit_code == 0, r.output
+    warning = r.stderr.strip()
+    assert len(warning.splitlines()) == 1 and warning.startswith(f"warning: resuming {last} with ")
+    assert "epochs=2 (was 1), lr=0.002 (was 0.001)" in warning
+    assert json.loads(r.stdout)["epochs"] == 2 and load_checkpoint(last)["epoch"] == 2
 
 
 def test_flip_tta_averages_the_logits_of_image_and_mirror(tiny_data):

@@ -8,7 +8,8 @@ import click
 from click.core import ParameterSource
 
 from ..errors import ConfigError, TrainingError
-from ..train.config import AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file, recipe
+from ..train.config import (AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, config_changes, load_config_file,
+                            recipe)
 from .common import ModelName, echo_json, err_console
 
 # option name -> TrainConfig field, for the options that map one to one
@@ -49,13 +50,10 @@ class RichProgress:
                               f"  top-5 {m['test_top5']:.2f}%  {m['images_per_s']:,.0f} img/s  {m['epoch_seconds']:.0f}s")
 
 
-def build_config(params: dict, given: set[str]) -> TrainConfig:
-    """recipe(model) < --config file < flags given on the command line."""
-    from ..train.checkpoint import load_checkpoint
-
-    d: dict = {}
-    if params.get("resume"):
-        d.update(load_checkpoint(params["resume"]).get("config", {}))
+def build_config(params: dict, given: set[str], saved: dict | None = None) -> TrainConfig:
+    """recipe(model) < ``saved`` (the config of the --resume checkpoint) < --config file < flags
+    given on the command line."""
+    d: dict = dict(saved or {})
     if params.get("config"):
         file_cfg = load_config_file(params["config"])
         TrainConfig.from_dict({**recipe(file_cfg.get("model", params.get("model") or "squeezenet1_1")), **file_cfg},
@@ -173,14 +171,22 @@ def train(ctx: click.Context, **params) -> None:
     Settings come from the model's recipe, then --config, then the flags.
     """
     from ..plots import learning_curves
+    from ..train.checkpoint import load_checkpoint
     from ..train.engine import fit
 
     given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
-    cfg = build_config(params, given)
+    saved = load_checkpoint(params["resume"]).get("config", {}) if params["resume"] else None
+    cfg = build_config(params, given, saved)
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         _launch(ctx, params["nproc"], params["max_restarts"])
         return
     rank0 = os.environ.get("RANK", "0") == "0"
+    changes = config_changes(saved, cfg) if saved is not None else []
+    if rank0 and changes:  # allowed (e.g. more epochs on purpose), but the run is no longer the one saved
+        click.echo(f"warning: resuming {params['resume']} with " + ", ".join(
+            f"{f}={new!r} (was {old!r})" for f, old, new in changes) +
+            "; the run continues under the new settings (a changed schedule changes the learning rate "
+            "from the next step on)", err=True)
     show = rank0 and not params["quiet"] and err_console.is_terminal
     result = fit(cfg, RichProgress(show), resume=params["resume"])
     if not rank0:

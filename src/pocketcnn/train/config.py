@@ -113,6 +113,20 @@ class TrainConfig:
         return replace(self, **changes)
 
 
+RESUME_NEUTRAL = ("out", "device")  # fields a resumed run may change without changing what it computes
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(field, saved value, cfg's value)`` for each field where ``cfg`` differs from a
+    checkpoint's saved config, sorted by field; a field added since the checkpoint was written
+    counts as its default (so an older checkpoint resumes as it ran). ``RESUME_NEUTRAL`` fields
+    are not compared."""
+    saved = {**TrainConfig(model=cfg.model).to_dict(), **saved}
+    now = cfg.to_dict()
+    return [(f, saved.get(f), now.get(f)) for f in sorted((set(saved) | set(now)) - set(RESUME_NEUTRAL))
+            if saved.get(f) != now.get(f)]
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; received {name}={value!r}.{close_matches(value, choices)}")
