@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from pocketcnn.errors import ConfigError, PocketCNNError
-from pocketcnn.train.checkpoint import atomic_write_text, load_checkpoint
+from pocketcnn.artifacts.checkpoint import load_checkpoint
+from pocketcnn.fileio import atomic_write_text
 from pocketcnn.train.config import TrainConfig, config_changes, recipe
 from pocketcnn.train.engine import fit
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"{resume}: config field {field!r} is {was!r}, "
                                   f"this invocation asks {asked!r}; resume with the same arguments")
         t0 = time.perf_counter()
-        res = fit(cfg, resume=resume)
+        res = fit(cfg, resume=resume, overwrite=True)  # a new run of the same recipe replaces the old one
         wall_minutes = round((time.perf_counter() - t0) / 60, 1)
         if resume is not None:  # the run's whole time, over every invocation (its checkpoint kept the metrics)
             wall_minutes = round(sum(m["epoch_seconds"] for m in res.metrics) / 60, 1)

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketcnn.compress.quantize import compare_speed, quantize_onnx
-from pocketcnn.deploy.export import export_onnx
-from pocketcnn.optimize import fold_batchnorm, ort_session
-from pocketcnn.registry import create_model
+from pocketcnn.compress.quantize import quantize_onnx
+from pocketcnn.workflows.quantize import speeds
+from pocketcnn.export.onnx import export_onnx
+from pocketcnn.optimize import fold_batchnorm
+from pocketcnn.runtime.onnx import ort_session
+from pocketcnn.models.registry import create_model
 
 CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "Gemm", "QGemm", "MatMul", "MatMulInteger")
 
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     size = (3, args.input_size, args.input_size)
-    batch = torch.randn(args.batch_size, *size).numpy()
+    batch_t = torch.randn(args.batch_size, *size)
+    batch = batch_t.numpy()
     print(f"# {os.cpu_count()} CPUs, {args.threads} threads, batch {args.batch_size}, "
           f"{args.input_size}x{args.input_size}")
     with tempfile.TemporaryDirectory(prefix="pocketcnn-int8prof-") as tmp:
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             int8 = quantize_onnx(fp32, Path(tmp) / f"{name}.int8.onnx",
                                  [torch.randn(2, *size).numpy() for _ in range(4)])
             sessions = [ort_session(p, threads=args.threads) for p in (fp32, int8)]
-            runs = [lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x}) for s in sessions]
-            speed = compare_speed(runs, batch)
+            runs = {k: (lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in zip(("fp32", "int8"), sessions)}
+            ips = speeds(runs, batch_t, args.threads)
+            speed = [ips["fp32"], ips["int8"]]
             (t32, ops32), (t8, ops8) = (op_profile(p, batch, args.threads, args.runs) for p in (fp32, int8))
             print(f"\n## {name}: fp32 {speed[0]:.0f} img/s, int8 {speed[1]:.0f} img/s ({speed[1] / speed[0]:.2f}x)")
             for label, total, ops in (("fp32", t32, ops32), ("int8", t8, ops8)):

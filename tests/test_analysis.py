@@ -1,4 +1,4 @@
-"""The analyzer reproduces the papers' numbers from the code (DESIGN.md's table)."""
+"""The analyzer reproduces the papers' numbers from the code (docs/design.md's table)."""
 import pytest
 import torch
 

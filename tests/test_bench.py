@@ -9,8 +9,9 @@ import torch
 from click.testing import CliRunner
 
 import pocketcnn
-from pocketcnn.bench import (RECORD_KEYS, BenchResult, _with_ratios, build_runtime, matmul_peak_gflops, measure,
-                             measure_many, parse_runtimes)
+from pocketcnn.bench import (RECORD_KEYS, BenchResult, build_runtime, matmul_peak_gflops, measure, measure_many,
+                             parse_runtimes)
+from pocketcnn.bench.run import _with_ratios
 from pocketcnn.cli import cli
 from pocketcnn.errors import ConfigError
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from pocketcnn.errors import ConfigError
-from pocketcnn.train.checkpoint import load_checkpoint, save_checkpoint
+from pocketcnn.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from pocketcnn.train.engine import Interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_fashion_mnist_benchmark_resumes_an_interrupted_run(tmp_path, monkeypatc
             "--out", str(tmp_path)]
     run_dir = tmp_path / "mobilenet_v3_small_2ep"
 
-    monkeypatch.setattr(bench, "fit", lambda cfg, resume=None: real_fit(cfg, TermAfterFirstEpoch(), resume=resume))
+    monkeypatch.setattr(bench, "fit", lambda cfg, resume=None, **kw: real_fit(cfg, TermAfterFirstEpoch(), resume=resume, **kw))
     with pytest.raises(Interrupted, match="signal 15.*epoch 1 complete"):
         bench.main(args)
     (first_epoch,) = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -107,7 +107,7 @@ def test_fashion_mnist_benchmark_weight_decay_override_is_its_own_run(tmp_path, 
     bench = load_script("fashion_mnist")
     seen = []
 
-    def fake_fit(cfg, resume=None):  # the bookkeeping only: no training
+    def fake_fit(cfg, resume=None, **kw):  # the bookkeeping only: no training
         seen.append(cfg)
         return SimpleNamespace(best_top1=50.0, final_top1=40.0, metrics=[])
 

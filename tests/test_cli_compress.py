@@ -4,8 +4,8 @@ import json
 import torch
 
 from pocketcnn.cli import cli
-from pocketcnn.compress.coding import load_pcz
-from pocketcnn.train.checkpoint import model_from_checkpoint
+from pocketcnn.artifacts.pcz import load_pcz
+from pocketcnn.artifacts.checkpoint import model_from_checkpoint
 
 
 def model_layers(run):

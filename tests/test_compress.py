@@ -11,8 +11,8 @@ from torch import nn
 
 import pocketcnn
 from pocketcnn.compress.cluster import SharedWeights, cluster_weights, kmeans_1d
-from pocketcnn.compress.coding import (
-    MAX_CODE_LEN, encode_pcz, from_entries, huffman_decode, huffman_encode, load_pcz, save_pcz, to_entries)
+from pocketcnn.artifacts.pcz import MAX_CODE_LEN, from_entries, huffman_decode, load_pcz
+from pocketcnn.compress.coding import encode_pcz, huffman_encode, save_pcz, to_entries
 from pocketcnn.compress.pipeline import deep_compress, prune_schedule, sensitivity_scan
 from pocketcnn.compress.prune import MaskGuard, balanced_sparsities, magnitude_prune, prunable_layers
 from pocketcnn.errors import CheckpointError, ConfigError
@@ -300,7 +300,7 @@ def test_pcz_round_trip_is_bit_exact(tmp_path, make, chans):
     assert stats.file_bytes == (tmp_path / "m.pcz").stat().st_size
     assert {r.encoding for r in stats.tensors} == {"raw", "huffman"}
     loaded, got_meta = load_pcz(tmp_path / "m.pcz")
-    assert got_meta == meta and loaded.pocketcnn_name == model.pocketcnn_name and not loaded.training
+    assert got_meta == meta and loaded.pocketcnn_build.name == model.pocketcnn_build.name and not loaded.training
     assert_same_state(model, loaded)
     x = torch.randn(2, chans, 16, 16)
     assert torch.equal(model.eval()(x), loaded(x))

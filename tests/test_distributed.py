@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pocketcnn.train.checkpoint import load_checkpoint
+from pocketcnn.artifacts.checkpoint import load_checkpoint
 
 COMMON = ["--model", "squeezenet1_1", "--data", "mnist", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.003",
           "--augment", "none", "--train-samples", "256", "--seed", "3", "--quiet", "--json",
@@ -91,7 +91,7 @@ def _children(pid: int) -> list[int]:
 
 def test_killed_rank_fails_cleanly_and_resume_finishes(tiny_data, tmp_path):
     out = tmp_path / "killed"
-    proc = train(["--epochs", "30", "--train-samples", "640", "--out", str(out)], tiny_data, nproc=2, popen=True)
+    proc = train(["--epochs", "30", "--train-samples", "320", "--out", str(out)], tiny_data, nproc=2, popen=True)
     deadline = time.time() + 240
     while not (out / "last.pt").exists():
         assert proc.poll() is None, proc.stderr.read()[-2000:]

@@ -10,11 +10,17 @@ import pytest
 import torch
 
 import pocketcnn
-from pocketcnn.deploy.export import (ModelSource, build_metadata, compare_logits, data_from_metadata, export_model,
-                                     export_onnx, export_pte, imagenet_classes, load_model_source)
-from pocketcnn.deploy.runtime import OnnxRunner, open_runtime, read_onnx_metadata
+from pocketcnn.artifacts.metadata import data_from_metadata, read_onnx_metadata
+from pocketcnn.artifacts.source import ModelSource, load_model_source
+from pocketcnn.data.spec import imagenet_classes
+from pocketcnn.export.exporter import export_model
+from pocketcnn.export.onnx import export_onnx
+from pocketcnn.export.torch_formats import export_pte
+from pocketcnn.export.verify import compare_logits
+from pocketcnn.runtime.loader import open_runtime
+from pocketcnn.runtime.onnx import OnnxRunner
 from pocketcnn.errors import CheckpointError, ConfigError, ExportError
-from pocketcnn.train.checkpoint import save_checkpoint
+from pocketcnn.artifacts.checkpoint import save_checkpoint
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
@@ -33,7 +39,7 @@ def tiny_source(name: str = "squeezenet1_1") -> ModelSource:
 def ckpt(tmp_path):
     src = tiny_source()
     return save_checkpoint(tmp_path / "tiny.pt", {"model": src.name, "model_kwargs": src.model_kwargs,
-                                                  "state_dict": src.model.state_dict(), "data": src.data})
+                                                  "state_dict": src.model.state_dict(), "data": src.data.to_dict()})
 
 
 # AlexNet's 6x6 adaptive pool needs a map that 6 divides for the TorchScript exporter: 56 -> 6x6
@@ -60,7 +66,7 @@ def test_onnx_parity_every_model(name, tmp_path):
 @pytest.mark.slow
 def test_onnx_falls_back_to_dynamo_exporter(tmp_path):
     """AlexNet at 28x28 (a 2x2 map pooled to 6x6): TorchScript cannot, the dynamo exporter can (opset 18)."""
-    from pocketcnn.deploy.export import onnx_opset
+    from pocketcnn.export.onnx import onnx_opset
 
     model = pocketcnn.create_model("alexnet", **KWARGS).eval()
     path = export_onnx(model, tmp_path / "a.onnx", input_size=(1, 28, 28), dynamic_batch=True)
@@ -77,9 +83,9 @@ def test_export_model_verifies_and_carries_metadata(tmp_path):
     assert v.passed and v.runtime == "onnxruntime" and v.max_abs_diff <= 1e-4 and v.top1_agreement == 1.0
     assert result.size_bytes == (tmp_path / "m.onnx").stat().st_size and result.opset == 17
     meta = read_onnx_metadata(result.path)
-    assert meta == json.loads(json.dumps(build_metadata(src)))
+    assert meta == json.loads(json.dumps(src.metadata()))
     assert meta["classes"] == FMNIST_CLASSES and meta["input_size"] == [1, 28, 28] and meta["mean"] == [0.286]
-    assert data_from_metadata(meta)["classes"] == FMNIST_CLASSES
+    assert list(data_from_metadata(meta).classes) == FMNIST_CLASSES
     # the stored strings are JSON, readable by any ONNX consumer
     import onnx
 
@@ -131,7 +137,7 @@ def test_compare_logits_tolerates_only_near_ties():
 
 
 def test_export_fails_loudly_when_the_file_disagrees(tmp_path, monkeypatch):
-    import pocketcnn.deploy.export as ex
+    import pocketcnn.export.onnx as ex
 
     src = tiny_source()
     real = ex.export_onnx

@@ -4,12 +4,12 @@ import torch
 import torchvision
 
 import pocketcnn
-from pocketcnn import create_model, list_models, model_info
+from pocketcnn import create_model, list_models, model_config
 from pocketcnn.errors import ConfigError, UnknownModelError
 
 ALL = list_models()
 
-# The papers' and torchvision's numbers (DESIGN.md), at 1000 classes.
+# The papers' and torchvision's numbers (docs/design.md), at 1000 classes.
 PARAMS = {
     "alexnet": 61_100_840,
     "squeezenet1_0": 1_248_424,
@@ -93,9 +93,9 @@ def test_small_input_keeps_detail():
         assert f.shape[-1] >= 2, name
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if model_info(n).torchvision])
+@pytest.mark.parametrize("name", [n for n in ALL if model_config(n).torchvision])
 def test_torchvision_state_dict_parity(name):
-    tv = getattr(torchvision.models, model_info(name).torchvision)().eval()
+    tv = getattr(torchvision.models, model_config(name).torchvision)().eval()
     ours = create_model(name).eval()
     sd = tv.state_dict()
     assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in ours.state_dict().items()}

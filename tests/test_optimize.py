@@ -24,7 +24,7 @@ def _one_thread():
 def _model(name: str) -> nn.Module:
     """A registered model with non-trivial batch norm statistics, so folding has something to get wrong."""
     torch.manual_seed(0)
-    kwargs = {"small_input": True} if "small_input" in pocketcnn.model_info(name).accepted_kwargs() else {}
+    kwargs = {"small_input": True} if "small_input" in pocketcnn.model_config(name).accepted_kwargs() else {}
     model = pocketcnn.create_model(name, **kwargs)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

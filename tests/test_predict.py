@@ -9,11 +9,14 @@ import torch
 from PIL import Image
 
 import pocketcnn
-import pocketcnn.deploy.predict as P
-from pocketcnn.deploy.export import ModelSource, build_metadata, export_onnx, imagenet_classes
-from pocketcnn.deploy.predict import Prediction, load_image, load_predictor, to_model_mode
+import pocketcnn.runtime.images as IMG
+import pocketcnn.workflows.predict as P
+from pocketcnn.artifacts.source import ModelSource
+from pocketcnn.data.spec import imagenet_classes
+from pocketcnn.export.onnx import export_onnx
+from pocketcnn.workflows.predict import Prediction, load_image, load_predictor, to_model_mode
 from pocketcnn.errors import CheckpointError, ConfigError, DataError
-from pocketcnn.train.checkpoint import save_checkpoint
+from pocketcnn.artifacts.checkpoint import save_checkpoint
 
 KWARGS = {"num_classes": 10, "in_chans": 1, "small_input": True}
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -31,7 +34,7 @@ def files(tmp_path_factory):
                                         "state_dict": model.state_dict(), "data": DATA})
     src = ModelSource(model, "squeezenet1_1", KWARGS, DATA, ckpt)
     onnx_path = export_onnx(model, d / "m.onnx", input_size=(1, 28, 28), dynamic_batch=True,
-                            metadata=build_metadata(src))
+                            metadata=src.metadata())
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
     gray = rng.integers(0, 255, (28, 28), dtype=np.uint8)
@@ -76,7 +79,7 @@ def test_checkpoint_and_onnx_predict_alike(files):
         assert [t.index for t in ra.topk[:1]] == [t.index for t in rb.topk[:1]]
         assert abs(ra.topk[0].prob - rb.topk[0].prob) < 1e-4
     # the preprocessing matches the training pipeline: gray 28x28 image -> normalized tensor
-    x = load_predictor(files["onnx"]).preprocess(files["images"]["gray.png"])
+    x = torch.from_numpy(load_predictor(files["onnx"]).preprocess(files["images"]["gray.png"]))
     raw = torch.from_numpy(np.asarray(Image.open(files["images"]["gray.png"]), np.float32))
     assert torch.allclose(x[0], (raw / 255 - 0.286) / 0.353, atol=1e-5)
 
@@ -104,10 +107,10 @@ def test_bad_images_get_errors_and_the_rest_still_run(files):
 def test_decompression_bombs_are_refused(files, monkeypatch):
     pred = load_predictor(files["ckpt"])
     big = files["images"]["color.jpg"]  # 30x40 = 1200 pixels
-    monkeypatch.setattr(P, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(IMG, "MAX_IMAGE_PIXELS", 1000)
     r = pred.predict([big, files["images"]["gray.png"]])  # 784 pixels passes
     assert not r[0].ok and "decompression bomb" in r[0].error and r[1].ok
-    monkeypatch.setattr(P, "MAX_IMAGE_PIXELS", 10**9)
+    monkeypatch.setattr(IMG, "MAX_IMAGE_PIXELS", 10**9)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL's own limit: warning (>500) and error (>1000)
     for path in (big, files["images"]["gray.png"]):
         with pytest.raises(DataError, match="decompression bomb"):
@@ -135,7 +138,7 @@ def test_fp32_models_run_on_the_fastest_runtime_by_default(files):
     fast, eager = load_predictor(files["ckpt"]), load_predictor(files["ckpt"], runtime="torch")
     assert (fast.runtime, eager.runtime) == ("onnxruntime", "torch")
     assert load_predictor(files["ckpt"], runtime="onnxruntime").runtime == "onnxruntime"
-    x = torch.stack([eager.preprocess(i) for i in images]).numpy()
+    x = np.stack([eager.preprocess(i) for i in images])
     np.testing.assert_allclose(fast.runner.run(x), eager.runner.run(x), atol=1e-4, rtol=0)
     with torch.no_grad():
         np.testing.assert_allclose(eager.runner.run(x), files["model"](torch.from_numpy(x)).numpy(), atol=1e-6)
@@ -154,7 +157,7 @@ def test_auto_falls_back_to_eager_without_onnxruntime(files, monkeypatch):
 
 def test_pt2_int8_onnx_and_pcz_predict(files, tmp_path):
     from pocketcnn.compress.quantize import quantize_onnx
-    from pocketcnn.deploy.export import export_pt2
+    from pocketcnn.export.torch_formats import export_pt2
 
     img = [files["images"]["gray.png"]]
     ref = load_predictor(files["ckpt"]).predict(img)[0].topk[0].index
@@ -162,7 +165,7 @@ def test_pt2_int8_onnx_and_pcz_predict(files, tmp_path):
                          [torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)).numpy()])
     assert load_predictor(int8).predict(img)[0].ok
     src = ModelSource(files["model"], "squeezenet1_1", KWARGS, DATA, None)
-    pt2 = export_pt2(files["model"], tmp_path / "m.pt2", input_size=(1, 28, 28), metadata=build_metadata(src))
+    pt2 = export_pt2(files["model"], tmp_path / "m.pt2", input_size=(1, 28, 28), metadata=src.metadata())
     assert load_predictor(pt2).predict(img)[0].topk[0].index == ref
     coding = pytest.importorskip("pocketcnn.compress.coding")
     pcz = tmp_path / "m.pcz"
@@ -253,7 +256,8 @@ def test_imagenet_weights_use_torchvisions_resize_256_center_crop_224(tmp_path):
     256 and center-crop 224, as torchvision's ImageNet weights were evaluated."""
     from torchvision.transforms import v2
 
-    from pocketcnn.deploy.export import export_model, load_model_source
+    from pocketcnn.artifacts.source import load_model_source
+    from pocketcnn.export.exporter import export_model
 
     weights = tmp_path / "sq.pth"
     torch.save(pocketcnn.create_model("squeezenet1_1").state_dict(), weights)
@@ -262,8 +266,8 @@ def test_imagenet_weights_use_torchvisions_resize_256_center_crop_224(tmp_path):
                       v2.ToDtype(torch.float32, scale=True),
                       v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])(img)
     source = load_model_source("squeezenet1_1", weights)
-    x = P.predictor_from_source(source, runtime="torch").preprocess(img)
+    x = torch.from_numpy(P.predictor_from_source(source, runtime="torch").preprocess(img))
     assert x.shape == (3, 224, 224)
     torch.testing.assert_close(x, ref, atol=1e-5, rtol=0)
     onnx_path = export_model(source, tmp_path / "sq.onnx", format="onnx", verify_n=1).path
-    torch.testing.assert_close(load_predictor(onnx_path).preprocess(img), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(load_predictor(onnx_path).preprocess(img)), ref, atol=1e-5, rtol=0)

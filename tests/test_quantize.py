@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import pocketcnn
-from pocketcnn.compress.quantize import (qat_torch, quantize_onnx, quantize_torch, rebuild_fx_int8,
-                                         state_dict_bytes)
-from pocketcnn.deploy.export import export_onnx
-from pocketcnn.deploy.runtime import OnnxRunner, read_onnx_metadata
+from pocketcnn.artifacts.metadata import read_onnx_metadata
+from pocketcnn.compress.quantize import qat_torch, quantize_onnx, quantize_torch, state_dict_bytes
+from pocketcnn.export.onnx import export_onnx
+from pocketcnn.int8 import rebuild_fx_int8
+from pocketcnn.runtime.onnx import OnnxRunner
 from pocketcnn.errors import ConfigError, DataError, ExportError
-from pocketcnn.train.checkpoint import save_checkpoint
+from pocketcnn.artifacts.checkpoint import save_checkpoint
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 HAS_FMNIST = os.path.isfile(os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz"))
@@ -143,7 +144,7 @@ def test_cli_quantize_torch_table_and_checkpoint(ckpt, tmp_path, cli_runner):
     res = cli_runner.invoke(cli, args + ["--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "fp32" in res.stdout and "int8" in res.stdout and "smaller" in res.stdout
-    from pocketcnn.deploy.predict import load_predictor
+    from pocketcnn.workflows.predict import load_predictor
 
     pred = load_predictor(out)
     assert pred.runtime == "torch-int8" and pred.classes[0] == "c0"

@@ -10,7 +10,7 @@ import torch
 
 from pocketcnn.cli import cli
 from pocketcnn.errors import ConfigError, TrainingError
-from pocketcnn.train.checkpoint import load_checkpoint, model_from_checkpoint
+from pocketcnn.artifacts.checkpoint import load_checkpoint, model_from_checkpoint
 from pocketcnn.train.config import TrainConfig
 from pocketcnn.train.engine import Interrupted, ema_update, fit
 
@@ -278,8 +278,8 @@ def test_small_input_stem_up_to_96_px(size, small):
 
     spec = DataSpec("fashion-mnist", 10, 1, size, (0.5,), (0.25,), tuple("abcdefghij"))
     model = build_model(TrainConfig(model="mobilenet_v3_small"), spec)
-    assert model.pocketcnn_kwargs["small_input"] is small
+    assert model.pocketcnn_build.kwargs["small_input"] is small
     with torch.no_grad():  # last feature maps: 4x4 or more from 56 px on (2x2 at 28)
         assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-1] >= (4 if size >= 56 else 2)
     forced = build_model(TrainConfig(model="mobilenet_v3_small", model_kwargs={"small_input": not small}), spec)
-    assert forced.pocketcnn_kwargs["small_input"] is (not small)  # the recipe's or user's choice wins
+    assert forced.pocketcnn_build.kwargs["small_input"] is (not small)  # the recipe's or user's choice wins

@@ -1,13 +1,30 @@
-"""pocketcnn: pocket-sized CNNs (SqueezeNet, MobileNet) from paper to phone."""
+"""pocketcnn: pocket-sized CNNs (SqueezeNet, MobileNet) from paper to phone.
+
+The public names below are loaded on first use: ``import pocketcnn`` costs no PyTorch
+import, so the light runtime (``pocketcnn.runtime``) and the CLI start fast.
+"""
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .analysis import Profile, profile
-from .deploy.predict import load_predictor
-from .errors import PocketCNNError
-from .registry import create_model, list_models, model_info
-from .weights import load_weights
+_LAZY = {
+    "create_model": "models.registry", "list_models": "models.registry", "model_config": "models.registry",
+    "profile": "analysis", "Profile": "analysis",
+    "load_weights": "models.weights",
+    "load_predictor": "workflows.predict",
+    "PocketCNNError": "errors",
+}
 
-__all__ = ["__version__", "create_model", "list_models", "model_info", "profile", "Profile",
-           "load_weights", "load_predictor", "PocketCNNError"]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

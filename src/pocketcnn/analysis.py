@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 LAYER_TYPES = ("conv1x1", "conv_dw", "conv_full", "linear", "other")
 
@@ -106,8 +106,8 @@ def profile(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), 
         with torch.no_grad():
             try:
                 model(torch.zeros(1, *input_size, device=device))
-            except RuntimeError as exc:
-                raise ConfigError(f"input_size {list(input_size)} does not fit the model: {str(exc).splitlines()[0]}") from None
+            except (RuntimeError, ConfigError) as exc:
+                raise ConfigError(f"input_size {list(input_size)} does not fit the model: {first_line(exc)}") from None
     finally:
         for h in handles:
             h.remove()
@@ -123,5 +123,8 @@ def profile(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), 
         m = sum(r.macs for r in rows if r.type == t)
         by_type[t] = TypeShare(p, m, 100.0 * p / max(total_params, 1), 100.0 * m / max(total_macs, 1))
     size_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
-    model_name = name or getattr(model, "pocketcnn_name", type(model).__name__)
+    from .models.registry import build_of
+
+    build = build_of(model)
+    model_name = name or (build.name if build else type(model).__name__)
     return Profile(model_name, input_size, total_params, total_macs, size_mb, rows, by_type)

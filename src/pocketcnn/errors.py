@@ -39,8 +39,25 @@ class ExportError(PocketCNNError):
     """An export or runtime check that failed."""
 
 
+class OutputError(PocketCNNError):
+    """An output path that cannot be used: it is an input, has the wrong suffix, or cannot be written."""
+
+
+class MissingDependencyError(PocketCNNError):
+    """A feature whose optional package is not installed; the message names the extra to install."""
+
+
 class TrainingError(PocketCNNError):
     """Training stopped because it cannot go on (non-finite loss, for example)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), cut to ``limit``.
+
+    Third-party libraries raise long, multi-line messages; a user gets this one line.
+    """
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 def close_matches(value: str, choices: Iterable[str], n: int = 3) -> str:

@@ -52,8 +52,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import ConfigError
+from .runtime.onnx import ort_session
 
-__all__ = ["optimize", "fold_batchnorm", "example_batch", "OnnxRuntimeModule", "ort_session", "BACKENDS"]
+__all__ = ["optimize", "fold_batchnorm", "example_batch", "OnnxRuntimeModule", "BACKENDS"]
 
 BACKENDS = ("torch", "onnxruntime", "auto")
 # Each shard runs its images 4 at a time: their activations then stay in the core's caches
@@ -102,11 +103,11 @@ def example_batch(model: nn.Module, example_input: torch.Tensor | Sequence[int] 
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         chans = first_conv.in_channels if first_conv is not None else 3
         side = 224
-        name = getattr(model, "pocketcnn_name", None)
-        if name is not None:
-            from .registry import model_info
+        from .models.registry import build_of
 
-            side = model_info(name).input_size[1]
+        build = build_of(model)
+        if build is not None:
+            side = build.config.input_size[1]
         size: tuple[int, ...] = (chans, side, side)
     else:
         try:
@@ -117,30 +118,6 @@ def example_batch(model: nn.Module, example_input: torch.Tensor | Sequence[int] 
             raise ConfigError("example_input must be a (N, C, H, W) tensor or a (C, H, W) size, "
                               f"received {example_input!r}")
     return torch.zeros(batch_size, *size)
-
-
-def ort_session(model: str | Path | bytes, *, threads: int | None = None, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with the recipe every pocketcnn runtime and reference uses.
-
-    All graph optimizations (``ORT_ENABLE_ALL``: constant folding, Conv+BN / Conv+activation
-    fusion, NCHWc layouts), ``threads`` intra-op threads (default: ``torch.get_num_threads()``),
-    one inter-op thread, sequential execution. ``profile_prefix``: turn ONNX Runtime's profiler
-    on, writing ``<prefix>_<date>.json`` at ``end_profiling()``.
-    """
-    import onnxruntime as ort
-
-    threads = _check_threads(threads)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(profile_prefix)
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeModule(nn.Module):
@@ -213,7 +190,7 @@ def _onnxruntime_available() -> bool:
 
 
 def _to_onnxruntime(model: nn.Module, example: torch.Tensor, threads: int | None, shards: int | None) -> nn.Module:
-    from .deploy.export import export_onnx
+    from .export.onnx import export_onnx
 
     threads = _check_threads(threads)
     shards = threads if shards is None else shards

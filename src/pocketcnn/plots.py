@@ -5,7 +5,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .train.checkpoint import atomic_write
+from .errors import ConfigError
+from .fileio import atomic_write
 
 
 def _plt():
@@ -74,4 +75,39 @@ def pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "")
         ax.set(xlabel=label, ylabel="test top-1 (%)")
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(title or "accuracy vs cost")
+    return _save(fig, path)
+
+
+def bench_chart(results: Sequence[Any], path: str | Path) -> Path:
+    """Bar chart of images/s per runtime, grouped by model, one panel per batch size (PNG)."""
+    from .bench.runtimes import REFERENCE_RUNTIMES
+
+    plt = _plt()
+    if not results:
+        raise ConfigError("nothing to plot: the benchmark produced no records")
+    batches = sorted({r.batch_size for r in results})
+    models = list(dict.fromkeys(r.model for r in results))
+    runtimes = list(dict.fromkeys(r.runtime for r in results))
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(len(batches), 1, squeeze=False,
+                             figsize=(2.5 + max(4.0, 0.45 * len(models) * len(runtimes)), 3.4 * len(batches)))
+    width = 0.8 / len(runtimes)
+    for ax, bs in zip(axes[:, 0], batches):
+        for j, rt in enumerate(runtimes):
+            xs, ys = [], []
+            for i, m in enumerate(models):
+                cell = next((r for r in results if r.model == m and r.runtime == rt and r.batch_size == bs), None)
+                if cell is not None:
+                    xs.append(i - 0.4 + width * (j + 0.5))
+                    ys.append(cell.images_per_s)
+            is_ref = rt in REFERENCE_RUNTIMES
+            ax.bar(xs, ys, width, label=rt, color="0.55" if is_ref else colors(j % 10),
+                   hatch="//" if rt == "torchvision-onnxruntime" else None, edgecolor="black", linewidth=0.5)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_ylabel("images / s")
+        th = results[0].threads
+        ax.set_title(f"batch {bs}, {th} thread{'s' if th != 1 else ''}, input {'x'.join(map(str, results[0].input_size))}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
     return _save(fig, path)

@@ -26,6 +26,8 @@ COMMANDS = {
     "compress": "compress:compress",
     "predict": "predict:predict",
     "bench": "bench:bench",
+    "serve": "serve:serve",
+    "weights": "weights:weights",
 }
 
 

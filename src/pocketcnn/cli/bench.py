@@ -44,7 +44,8 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
     Every record with --reference carries its speed ratio to torchvision's model measured
     in the same run (vs_torchvision_eager, vs_torchvision_onnxruntime).
     """
-    from ..bench import BenchConfig, default_runtimes, plot_bench, run_benchmark
+    from ..bench import BenchConfig, default_runtimes, run_benchmark
+    from ..plots import bench_chart
 
     config = BenchConfig(models=tuple(names), runtimes=runtimes if runtimes is not None else default_runtimes(),
                          batch_sizes=batch_sizes, threads=threads, input_size=input_size, reference=reference,
@@ -59,7 +60,7 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
 
         report = run_benchmark(config, progress=progress)
     if plot:
-        plot_bench(report.results, plot)
+        bench_chart(report.results, plot)
     for line in report.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
     if as_json:

@@ -9,7 +9,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ..registry import list_models
 
 # Progress bars and tables go to stderr so that --json on stdout stays parseable.
 # Not on a terminal (pipes, CI logs), tables get a wide fixed width instead of rich's 80.
@@ -39,16 +38,18 @@ class ModelName(click.ParamType):
 
     def convert(self, value, param, ctx):
         from ..errors import PocketCNNError
-        from ..registry import model_info
+        from ..models.registry import model_config
 
         try:
-            model_info(value)
+            model_config(value)
         except PocketCNNError as exc:  # names the value and the close matches
             self.fail(str(exc).split(" Known models:")[0], param, ctx)
         return value
 
     def shell_complete(self, ctx, param, incomplete):
         from click.shell_completion import CompletionItem
+
+        from ..models.registry import list_models
 
         return [CompletionItem(n) for n in list_models(f"{incomplete}*")]
 

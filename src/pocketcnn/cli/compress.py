@@ -41,10 +41,13 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
     from ..compress.pipeline import deep_compress
     from ..data import DataSpec, balanced_subset, load_dataset
     from ..errors import CheckpointError
-    from ..train.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..fileio import check_output
+    from ..artifacts.checkpoint import load_checkpoint, model_from_checkpoint
     from ..train.config import TrainConfig
     from ..train.engine import evaluate, fit
 
+    path = check_output(Path(out) if out else Path(checkpoint).with_suffix(".pcz"), inputs=[checkpoint],
+                        suffixes=[".pcz"], what=".pcz file")  # before minutes of work, not after
     ckpt = load_checkpoint(checkpoint)
     if not ckpt.get("data") or not ckpt.get("config"):
         raise CheckpointError(f"{checkpoint}: no data description or training config in the checkpoint")
@@ -52,7 +55,7 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
     base = TrainConfig.from_dict(ckpt["config"])
     data_dir = data_dir or base.data_dir
     test = balanced_subset(load_dataset(base.data, "test", data_dir), test_samples, seed=0)
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, source=str(checkpoint))
     ft_cfg = base.replace(epochs=finetune_epochs or 1, lr=lr or base.lr, warmup_epochs=0.0, ema=False,
                           data_dir=data_dir, train_samples=train_samples or base.train_samples,
                           test_samples=min(test_samples or 1000, 1000))
@@ -75,7 +78,6 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
                            finetune=finetune if finetune_epochs else None, evaluate=accuracy,
                            probe=probe, tolerance=tolerance,
                            log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
-    path = Path(out) if out else Path(checkpoint).with_suffix(".pcz")
     result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
     file_bytes = path.stat().st_size
     report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "file": str(path), "file_bytes": file_bytes,

@@ -25,7 +25,7 @@ def demo(models, budget_minutes, out, data_dir, fresh, test_samples, as_json, qu
 
     Writes OUT/leaderboard.json, report.md, pareto.png and curves.png.
     """
-    from ..demo import run_demo
+    from ..workflows.demo import run_demo
 
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     log = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"[dim]demo:[/dim] {msg}"))

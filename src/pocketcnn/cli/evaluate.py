@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..data.spec import DATASETS
 from .common import echo_json, out_console
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--data", type=click.Choice(["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]),
+@click.option("--data", type=click.Choice(DATASETS),
               help="Data set (default: the one the checkpoint was trained on).")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test", "val"]))
@@ -29,12 +30,16 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
     from ..data import DataSpec, balanced_subset, load_dataset
     import torch
 
-    from ..errors import CheckpointError, ConfigError
+    from ..errors import ConfigError
     from ..plots import confusion_matrix
-    from ..train.checkpoint import atomic_write_text, is_int8, load_checkpoint, model_from_checkpoint
+    from ..artifacts.checkpoint import is_int8, load_checkpoint, model_from_checkpoint
+    from ..fileio import atomic_write_text
     from ..train.engine import evaluate as run_eval
     from ..train.engine import select_device
 
+    from ..fileio import check_writable_dir
+
+    out_dir = check_writable_dir(Path(out) if out else Path(checkpoint).parent, "evaluation report")
     ckpt = load_checkpoint(checkpoint)
     spec = DataSpec.from_dict(ckpt["data"]) if ckpt.get("data") else None
     cfg = ckpt.get("config", {})
@@ -47,12 +52,8 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
         raise ConfigError(f"{checkpoint}: model has {spec.num_classes if spec else '?'} classes, "
                           f"data set {name!r} has {len(ds.classes)}")
     device = torch.device("cpu") if is_int8(ckpt) else select_device("auto")  # int8 kernels are CPU ones
-    try:
-        model = model_from_checkpoint(ckpt, use_ema=not no_ema).to(device)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{checkpoint}: {exc}") from None
+    model = model_from_checkpoint(ckpt, use_ema=not no_ema, source=str(checkpoint)).to(device)
     res = run_eval(model, ds, spec, batch_size=batch_size, device=device, flip_tta=tta)
-    out_dir = Path(out) if out else Path(checkpoint).parent
     report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "data": name, "split": split, "tta": tta,
               "n": res.n, "top1": res.top1, "top5": res.top5, "loss": res.loss,
               "per_class": dict(zip(spec.classes, res.per_class)), "confusion": res.confusion,

@@ -5,7 +5,7 @@ import click
 
 from .common import echo_json, out_console
 
-FORMATS = ("onnx", "pte", "pt2")
+from ..export.formats import FORMATS, SUFFIX
 
 
 @click.command()
@@ -32,7 +32,8 @@ def export(source, weights, fmt, opset, dynamic_batch, out, data_dir, verify_sam
     """
     from pathlib import Path
 
-    from ..deploy.export import SUFFIX, default_out, export_model, load_model_source
+    from ..artifacts.source import default_out, load_model_source
+    from ..export.exporter import export_model
 
     src = load_model_source(source, weights)
     path = Path(out) if out else default_out(src, SUFFIX[fmt])

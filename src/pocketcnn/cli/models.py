@@ -5,12 +5,12 @@ import click
 from rich.table import Table
 
 from ..analysis import LAYER_TYPES, profile
-from ..registry import create_model, list_models, model_info
+from ..models.registry import create_model, list_models, model_config
 from .common import ModelName, echo_json, human, out_console
 
 
 def _profile(name: str, input_size: int | None, in_chans: int = 3, num_classes: int = 1000, **kwargs):
-    info = model_info(name)
+    info = model_config(name)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     size = input_size or info.input_size[1]
     return profile(model, (in_chans, size, size), name=name)
@@ -23,7 +23,7 @@ def models(pattern: str, as_json: bool) -> None:
     """List registered models matching PATTERN (fnmatch, default '*')."""
     rows = []
     for name in list_models(pattern):
-        info = model_info(name)
+        info = model_config(name)
         p = _profile(name, None)
         rows.append({"model": name, "params": p.params, "macs": p.macs, "size_mb": round(p.size_mb, 3),
                      "input_size": list(info.input_size), "torchvision": info.torchvision, "paper": info.paper})

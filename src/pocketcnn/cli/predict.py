@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..workflows.predict import FP32_PATHS
 from .common import echo_json, err_console, out_console
 
 
@@ -16,7 +17,7 @@ from .common import echo_json, err_console, out_console
               help="With a model NAME as MODEL: a local torchvision ImageNet weight file.")
 @click.option("--topk", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(0), default=None, help="ONNX Runtime intra-op threads (0: default).")
-@click.option("--runtime", type=click.Choice(("auto", "torch", "onnxruntime")), default="auto", show_default=True,
+@click.option("--runtime", type=click.Choice(FP32_PATHS), default="auto", show_default=True,
               help="For a .pt checkpoint, .pcz file or NAME --weights: auto runs the fastest path measured on "
                    "CPU (the BN-folded graph in ONNX Runtime); torch runs PyTorch eager.")
 @click.option("--json", "as_json", is_flag=True,
@@ -28,10 +29,10 @@ def predict(model, images, weights, topk, threads, runtime, as_json) -> None:
     An image that cannot be read gets a one-line error; the others are still classified,
     and the exit status is 1 if any image failed.
     """
-    from ..deploy.predict import load_predictor, predictor_from_source
+    from ..workflows.predict import load_predictor, predictor_from_source
 
     if weights is not None:
-        from ..deploy.export import load_model_source
+        from ..artifacts.source import load_model_source
 
         predictor = predictor_from_source(load_model_source(model, weights), runtime=runtime, threads=threads)
     else:

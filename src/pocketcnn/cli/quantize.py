@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from ..compress.quantize import ACTIVATION_TYPE, ACTIVATION_TYPES, BACKENDS, TORCH_METHODS
 from .common import echo_json, err_console, out_console
 
 
@@ -11,7 +12,7 @@ from .common import echo_json, err_console, out_console
 @click.argument("source")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="With a model NAME as SOURCE: a local torchvision ImageNet weight file.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True)
 @click.option("--calib-data", default=None,
               help="Data set for calibration and the score (default: the checkpoint's own, e.g. fashion-mnist).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where that data set lies.")
@@ -20,9 +21,9 @@ from .common import echo_json, err_console, out_console
 @click.option("--test-samples", type=click.IntRange(1), default=2000, show_default=True,
               help="Balanced test images for the fp32 vs int8 top-1.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel.")
-@click.option("--activations", type=click.Choice(["quint8", "qint8"]), default="quint8", show_default=True,
+@click.option("--activations", type=click.Choice(ACTIVATION_TYPES), default=ACTIVATION_TYPE, show_default=True,
               help="ONNX Runtime activation type (uint8 measured faster: U8S8 kernels).")
-@click.option("--method", type=click.Choice(["fx", "pt2e"]), default="fx", show_default=True,
+@click.option("--method", type=click.Choice(TORCH_METHODS), default="fx", show_default=True,
               help="torch back end: FX graph mode (int8 kernels in eager) or PT2E (torchao; fast only compiled).")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning first (torch back end).")
 @click.option("--epochs", type=click.IntRange(1), default=1, show_default=True, help="QAT epochs.")
@@ -41,8 +42,8 @@ def quantize(source, weights, backend, calib_data, data_dir, calib_samples, test
     Calibrates on real training images, then reports fp32 against int8: test top-1 on a
     balanced subset, file size and images/s at batch 32.
     """
-    from ..compress.quantize import quantize_source
-    from ..deploy.export import load_model_source
+    from ..artifacts.source import load_model_source
+    from ..workflows.quantize import quantize_source
 
     src = load_model_source(source, weights)
 

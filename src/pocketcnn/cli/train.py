@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from ..data.spec import DATASETS
 from ..errors import ConfigError, TrainingError
 from ..train.config import (AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, config_changes, load_config_file,
                             recipe)
@@ -60,6 +62,9 @@ def build_config(params: dict, given: set[str], saved: dict | None = None) -> Tr
                               source=str(params["config"]))
         d.update(file_cfg)
     model = params["model"] if "model" in given else d.get("model")
+    if saved is not None and "model" in given and saved.get("model") not in (None, params["model"]):
+        raise ConfigError(f"{params['resume']}: a checkpoint of {saved['model']}, not {params['model']}; drop "
+                          f"--model to continue it, or give a {params['model']} checkpoint")
     if model is None:
         raise ConfigError("no model: pass --model NAME (see `pocketcnn models`) or a --config file with 'model'")
     base = recipe(model)
@@ -109,13 +114,26 @@ def _relaunch_args(ctx: click.Context) -> list[str]:
     return args
 
 
-def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
-    """Run this same command in ``nproc`` processes through torch.distributed's own launcher."""
+def next_free_folder(base: Path) -> Path:
+    """``base-2``, ``base-3``, ...: the first that does not hold a training run."""
+    from ..train.engine import existing_run
+
+    n = 2
+    while existing_run(base.with_name(f"{base.name}-{n}")):
+        n += 1
+    return base.with_name(f"{base.name}-{n}")
+
+
+def _launch(ctx: click.Context, nproc: int, max_restarts: int, out: str | None = None) -> None:
+    """Run this same command in ``nproc`` processes through torch.distributed's own launcher
+    (``out``: the folder chosen here, passed on so that every rank writes to the same one)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    extra = ["--out", out] if out is not None and ctx.get_parameter_source("out") is not ParameterSource.COMMANDLINE \
+        else []
     argv = [f"--nproc-per-node={nproc}", "--standalone", f"--max-restarts={max_restarts}",
-            "-m", "pocketcnn", "train", *_relaunch_args(ctx)]
+            "-m", "pocketcnn", "train", *_relaunch_args(ctx), *extra]
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores (torchrun would give each rank 1, with a warning)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
@@ -130,7 +148,7 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
 @click.command()
 @click.option("--model", type=ModelName(), help="Registered model name (see `pocketcnn models`).")
 @click.option("--data", default="fashion-mnist", show_default=True,
-              type=click.Choice(["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]))
+              type=click.Choice(DATASETS))
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of the data files ($POCKETCNN_DATA_DIR).")
 @click.option("--epochs", type=click.IntRange(1))
 @click.option("--batch-size", type=click.IntRange(1), help="Global batch size (split over processes).")
@@ -162,23 +180,33 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int) -> None:
               help="Processes on this machine (launched with torchrun's launcher).")
 @click.option("--max-restarts", type=click.IntRange(0), default=0, show_default=True,
               help="With --nproc: elastic restarts after a failure.")
+@click.option("--force", is_flag=True, help="Replace the results of an earlier run in --out (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when done.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, **params) -> None:
     """Train a model on a local data set; writes DIR/last.pt, best.pt, metrics.jsonl, curves.png.
 
-    Settings come from the model's recipe, then --config, then the flags.
+    Settings come from the model's recipe, then --config, then the flags. An earlier run's
+    results are never replaced silently: without --out, a run whose default folder
+    (runs/MODEL) holds one goes to the next free numbered folder (runs/MODEL-2, ...); an
+    explicit --out that holds one is refused unless --force (or --resume to continue it).
     """
+    from ..artifacts.checkpoint import load_checkpoint
     from ..plots import learning_curves
-    from ..train.checkpoint import load_checkpoint
-    from ..train.engine import fit
+    from ..train.engine import existing_run, fit
 
     given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     saved = load_checkpoint(params["resume"]).get("config", {}) if params["resume"] else None
     cfg = build_config(params, given, saved)
+    if not params["resume"] and not params["force"] and "WORLD_SIZE" not in os.environ and cfg.out is None \
+            and existing_run(cfg.out_dir):
+        earlier = cfg.out_dir
+        cfg = cfg.replace(out=str(next_free_folder(earlier)))
+        click.echo(f"{earlier} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR --force to "
+                   "replace a run)", err=True)
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
-        _launch(ctx, params["nproc"], params["max_restarts"])
+        _launch(ctx, params["nproc"], params["max_restarts"], out=cfg.out)
         return
     rank0 = os.environ.get("RANK", "0") == "0"
     changes = config_changes(saved, cfg) if saved is not None else []
@@ -188,7 +216,7 @@ def train(ctx: click.Context, **params) -> None:
             "; the run continues under the new settings (a changed schedule changes the learning rate "
             "from the next step on)", err=True)
     show = rank0 and not params["quiet"] and err_console.is_terminal
-    result = fit(cfg, RichProgress(show), resume=params["resume"])
+    result = fit(cfg, RichProgress(show), resume=params["resume"], overwrite=params["force"])
     if not rank0:
         return
     learning_curves({result.model: result.metrics}, cfg.out_dir / "curves.png")

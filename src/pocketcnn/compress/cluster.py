@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..artifacts.pcz import MAX_BITS  # 4096 centroids at most; indices fit int16
 from ..errors import ConfigError
 from .prune import MaskGuard, prunable_layers
 
-MAX_BITS = 12  # 4096 centroids; indices fit int16
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class SharedWeights:
             self._layers[name] = (p, keep, idx, codebook, cl.bits)
         self._guard = MaskGuard(model, guard_masks)
         with torch.no_grad():
-            for name, (p, keep, idx, codebook, _) in self._layers.items():
+            for p, keep, idx, codebook, _ in self._layers.values():
                 self._write(p, keep, idx, codebook)
 
     @staticmethod

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.registry import build_of
 from .cluster import Cluster, SharedWeights, check_bits, cluster_weights
 from .coding import GAP_BITS, PczStats, encode_pcz, save_pcz, to_entries
 from .prune import (SCOPES, MaskGuard, balanced_sparsities, check_sparsity, magnitude_mask, magnitude_prune,
@@ -196,6 +197,81 @@ def stage_sizes(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Map
     return tuple(-(-b // 8) for b in (dense_bits, pruned_bits, quant_bits))  # type: ignore[return-value]
 
 
+@dataclass
+class _Scorer:
+    """``evaluate`` on the model being compressed (None without one) and the log line's accuracy text."""
+
+    evaluate: Evaluate | None
+    log: Callable[[str], None]
+
+    def __call__(self, model: nn.Module) -> float | None:
+        return float(self.evaluate(model)) if self.evaluate is not None else None
+
+    @staticmethod
+    def pct(acc: float | None) -> str:
+        return "" if acc is None else f", top-1 {acc:.2f}%"
+
+
+def prune_stage(model: nn.Module, sparsity: float, prune_steps: int, *, scope: str, finetune: Finetune | None,
+                score: _Scorer, probe: Evaluate | None = None, tolerance: float = 1.0,
+                ) -> tuple[dict[str, torch.Tensor], list[PruneRound], dict[str, float] | None, list[LayerSensitivity]]:
+    """Stage 1, in place on ``model``: the sensitivity scan (with ``probe``), then ``prune_steps`` rounds of
+    magnitude pruning, each followed by fine-tuning with the masks held. Returns the masks, the
+    rounds, the per-layer sparsities the scan chose and the scan itself."""
+    schedule = prune_schedule(sparsity, prune_steps)
+    layer_sparsity: dict[str, float] | None = None
+    scan: list[LayerSensitivity] = []
+    if probe is not None:
+        _, scan = sensitivity_scan(model, sparsity, probe, tolerance=tolerance, log=score.log)
+        layer_sparsity = balanced_sparsities(model, sparsity, {r.name: r.chosen for r in scan if r.chosen < sparsity})
+    targets: list[float] | list[dict[str, float]] = schedule
+    if layer_sparsity is not None:  # each layer follows the schedule towards its own sparsity
+        per_layer = {n: prune_schedule(s, prune_steps) for n, s in layer_sparsity.items()}
+        targets = [{n: steps[k] for n, steps in per_layer.items()} for k in range(prune_steps)]
+    masks: dict[str, torch.Tensor] = {}
+    rounds: list[PruneRound] = []
+    for target in targets:
+        masks = magnitude_prune(model, target, scope=scope, prior=masks)
+        raw = acc = score(model)
+        score.log(f"pruning round {len(rounds) + 1}/{len(schedule)}: {100 * sparsity_of(masks):.1f}% of the weights "
+                  f"pruned{score.pct(raw)}" + (", fine-tuning" if finetune is not None else ""))
+        if finetune is not None:
+            with MaskGuard(model, masks) as guard:
+                finetune(model, guard.after_step)
+                guard.after_step()  # in case the loop's last step was not followed by after_step
+            acc = score(model)
+        rounds.append(PruneRound(sparsity_of(masks), raw, acc))
+    return masks, rounds, layer_sparsity, scan
+
+
+def share_stage(model: nn.Module, masks: dict[str, torch.Tensor], *, bits: int, bits_fc: int | None,
+                kmeans_iters: int, finetune: Finetune | None, score: _Scorer
+                ) -> tuple[dict[str, Cluster], float | None, float | None]:
+    """Stage 2, in place: per-layer k-means weight sharing, then fine-tuning of the centroids.
+    Returns the clusters and the accuracy before and after that fine-tuning."""
+    shared = cluster_weights(model, masks, bits=bits, bits_fc=bits_fc, iters=kmeans_iters)
+    acc_raw = acc = score(model)
+    score.log(f"weight sharing: {bits}-bit codebooks{score.pct(acc_raw)}"
+              + (", fine-tuning the centroids" if finetune is not None else ""))
+    if finetune is not None:
+        with SharedWeights(model, shared, masks) as sw:
+            finetune(model, sw.after_step)
+            sw.after_step()
+            shared = sw.clusters()
+        acc = score(model)
+    return shared, acc_raw, acc
+
+
+def code_stage(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Mapping[str, Cluster],
+               gap_bits: int) -> tuple[int, int, int, int | None]:
+    """Stage 3: the sizes of every stage; the "coded" one is the real ``.pcz`` byte count (Huffman
+    coding, without caller metadata) when the model came from ``create_model``, else None."""
+    dense, pruned, quant = stage_sizes(model, masks, shared, gap_bits)
+    coded = len(encode_pcz(model, masks=masks, shared=shared, gap_bits=gap_bits)[0]) \
+        if build_of(model) is not None else None
+    return dense, pruned, quant, coded
+
+
 def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int = 1, bits: int = 6,
                   bits_fc: int | None = None, finetune: Finetune | None = None, evaluate: Evaluate | None = None,
                   scope: str = "layer", kmeans_iters: int = 100, gap_bits: int = GAP_BITS,
@@ -212,73 +288,35 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
     scan (:func:`sensitivity_scan`, ``tolerance`` in points); ``scope`` must then be "layer".
     ``log`` receives one line per round and stage as the work proceeds.
     """
-    schedule = prune_schedule(sparsity, prune_steps)
+    prune_schedule(sparsity, prune_steps)  # checks both
     check_bits("bits", bits)
     if bits_fc is not None:
         check_bits("bits_fc", bits_fc)
     if scope not in SCOPES:
         raise ConfigError(f"scope must be one of {SCOPES}, received scope={scope!r}")
-    for label, fn in (("finetune", finetune), ("evaluate", evaluate)):
+    for label, fn in (("finetune", finetune), ("evaluate", evaluate), ("probe", probe)):
         if fn is not None and not callable(fn):
             raise ConfigError(f"{label} must be callable or None, received {label}={fn!r}")
-    model = copy.deepcopy(model)
-    score = (lambda: float(evaluate(model))) if evaluate is not None else (lambda: None)
-    say = log or (lambda msg: None)
-    pct = lambda acc: "" if acc is None else f", top-1 {acc:.2f}%"  # noqa: E731
-    acc_dense = score()
-    say(f"dense{pct(acc_dense)}")
-
-    if probe is not None and not callable(probe):
-        raise ConfigError(f"probe must be callable or None, received probe={probe!r}")
     if probe is not None and scope != "layer":
         raise ConfigError("the sensitivity scan (probe) sets per-layer sparsities: it needs scope='layer'")
-    layer_sparsity: dict[str, float] | None = None
-    scan: list[LayerSensitivity] = []
-    if probe is not None:
-        _, scan = sensitivity_scan(model, sparsity, probe, tolerance=tolerance, log=say)
-        layer_sparsity = balanced_sparsities(model, sparsity, {r.name: r.chosen for r in scan if r.chosen < sparsity})
-    masks: dict[str, torch.Tensor] = {}
-    rounds: list[PruneRound] = []
-    targets: list[float] | list[dict[str, float]] = schedule
-    if layer_sparsity is not None:  # each layer follows the schedule towards its own sparsity
-        per_layer = {n: prune_schedule(s, prune_steps) for n, s in layer_sparsity.items()}
-        targets = [{n: steps[k] for n, steps in per_layer.items()} for k in range(prune_steps)]
-    for target in targets:
-        masks = magnitude_prune(model, target, scope=scope, prior=masks)
-        raw = acc = score()
-        say(f"pruning round {len(rounds) + 1}/{len(schedule)}: {100 * sparsity_of(masks):.1f}% of the weights "
-            f"pruned{pct(raw)}" + (", fine-tuning" if finetune is not None else ""))
-        if finetune is not None:
-            with MaskGuard(model, masks) as guard:
-                finetune(model, guard.after_step)
-                guard.after_step()  # in case the loop's last step was not followed by after_step
-            acc = score()
-        rounds.append(PruneRound(sparsity_of(masks), raw, acc))
-    acc_pruned_raw, acc_pruned = rounds[0].accuracy_before_finetune, rounds[-1].accuracy
-
-    shared = cluster_weights(model, masks, bits=bits, bits_fc=bits_fc, iters=kmeans_iters)
-    acc_quant_raw = acc_quant = score()
-    say(f"weight sharing: {bits}-bit codebooks{pct(acc_quant_raw)}"
-        + (", fine-tuning the centroids" if finetune is not None else ""))
-    if finetune is not None:
-        with SharedWeights(model, shared, masks) as sw:
-            finetune(model, sw.after_step)
-            sw.after_step()
-            shared = sw.clusters()
-        acc_quant = score()
-
+    model = copy.deepcopy(model)
+    score = _Scorer(evaluate, log or (lambda msg: None))
+    acc_dense = score(model)
+    score.log(f"dense{score.pct(acc_dense)}")
+    masks, rounds, layer_sparsity, scan = prune_stage(model, sparsity, prune_steps, scope=scope, finetune=finetune,
+                                                      score=score, probe=probe, tolerance=tolerance)
+    shared, acc_quant_raw, acc_quant = share_stage(model, masks, bits=bits, bits_fc=bits_fc, kmeans_iters=kmeans_iters,
+                                                   finetune=finetune, score=score)
+    dense, pruned, quant, coded = code_stage(model, masks, shared, gap_bits)
     n_params = sum(p.numel() for p in model.parameters())
-    dense, pruned, quant = stage_sizes(model, masks, shared, gap_bits)
-    coded = None
-    if getattr(model, "pocketcnn_name", None) is not None:
-        coded = len(encode_pcz(model, masks=masks, shared=shared, gap_bits=gap_bits)[0])
 
     def row(name: str, nbytes: int | None, acc: float | None, acc_raw: float | None = None) -> Stage:
         if nbytes is None:
             return Stage(name, None, None, None, acc, acc_raw)
         return Stage(name, nbytes, dense / nbytes, 8 * nbytes / n_params, acc, acc_raw)
 
-    stages = (row("dense", dense, acc_dense), row("pruned", pruned, acc_pruned, acc_pruned_raw),
+    stages = (row("dense", dense, acc_dense),
+              row("pruned", pruned, rounds[-1].accuracy, rounds[0].accuracy_before_finetune),
               row("quantized", quant, acc_quant, acc_quant_raw), row("coded", coded, acc_quant))
     return CompressResult(model, masks, shared, stages, n_params, sparsity_of(masks), gap_bits, tuple(rounds),
                           layer_sparsity, tuple(scan))

@@ -133,6 +133,9 @@ def _per_layer(sparsity: float | Mapping[str, float], weights: Mapping[str, torc
     return {name: float(sparsity[name]) for name in weights}
 
 
+MAX_BALANCED = 0.9  # the most the other layers are asked to lose when the error suggests a reachable target
+
+
 def balanced_sparsities(model: nn.Module, sparsity: float, fixed: Mapping[str, float]) -> dict[str, float]:
     """Per-layer sparsities that prune ``sparsity`` of all prunable weights overall.
 
@@ -146,8 +149,12 @@ def balanced_sparsities(model: nn.Module, sparsity: float, fixed: Mapping[str, f
     rest = sum(n for name, n in sizes.items() if name not in fixed)
     owed = sparsity * sum(sizes.values()) - sum(fixed[name] * sizes[name] for name in fixed)
     if rest == 0 or owed / rest >= 1.0:
-        raise ConfigError(f"cannot prune {sparsity:.0%} overall with {len(fixed)} layer(s) held lower: "
-                          "the other layers would have to lose every weight")
+        total = sum(sizes.values())
+        reachable = (sum(fixed[name] * sizes[name] for name in fixed) + MAX_BALANCED * rest) / total
+        raise ConfigError(f"cannot prune {sparsity:.0%} overall with {len(fixed)} layer(s) held lower by the "
+                          f"sensitivity scan: the other layers would have to lose every weight. With them at "
+                          f"{MAX_BALANCED:.0%}, at most --sparsity {max(0.0, reachable) - 0.005:.2f} is reachable; "
+                          "or raise --tolerance so that fewer layers are held, or skip the scan (--probe-samples 0)")
     other = max(0.0, owed / rest)
     return {name: fixed.get(name, other) for name in sizes}
 

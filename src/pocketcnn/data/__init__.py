@@ -1,23 +1,30 @@
-"""Data: local image data sets (no downloads) and batched transforms for the training device."""
+"""Data: local image data sets (no downloads) and batched transforms for the training device.
+
+Attributes are loaded on first use, so that ``pocketcnn.data.spec`` (the torch-free
+:class:`DataSpec`) can be imported without PyTorch.
+"""
 from __future__ import annotations
 
-from .datasets import (
-    DATASETS,
-    DEFAULT_FASHION_MNIST_DIR,
-    ENV_VAR,
-    DataSpec,
-    LabeledSubset,
-    TensorImageDataset,
-    balanced_subset,
-    dataset_spec,
-    load_dataset,
-    resolve_data_dir,
-    verify_fashion_mnist,
-)
-from .transforms import augment_batch, normalize_batch, pil_to_input
+import importlib
+from typing import Any
 
-__all__ = [
-    "DATASETS", "DEFAULT_FASHION_MNIST_DIR", "ENV_VAR", "DataSpec", "LabeledSubset", "TensorImageDataset",
-    "balanced_subset", "dataset_spec", "load_dataset", "resolve_data_dir", "verify_fashion_mnist",
-    "augment_batch", "normalize_batch", "pil_to_input",
-]
+_LAZY = {
+    "DataSpec": "spec", "IMAGENET_MEAN": "spec", "IMAGENET_STD": "spec", "imagenet_classes": "spec",
+    "imagenet_spec": "spec",
+    "DATASETS": "spec", "DEFAULT_FASHION_MNIST_DIR": "datasets", "ENV_VAR": "datasets",
+    "LabeledSubset": "datasets", "TensorImageDataset": "datasets", "balanced_subset": "datasets",
+    "dataset_spec": "datasets", "load_dataset": "datasets", "resolve_data_dir": "datasets",
+    "verify_fashion_mnist": "datasets",
+    "augment_batch": "transforms", "normalize_batch": "transforms", "pil_to_input": "transforms",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

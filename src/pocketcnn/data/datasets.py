@@ -18,7 +18,6 @@ import os
 import pickle
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, close_matches
+from .spec import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 ENV_VAR = "POCKETCNN_DATA_DIR"
 DEFAULT_IMAGE_SIZE = 224  # imagefolder, when no image_size is given
@@ -53,7 +52,7 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+    "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
 }
 
 # MD5 and size of the DECOMPRESSED IDX files (Debian re-compressed the .gz files)
@@ -63,48 +62,6 @@ FASHION_MNIST_MD5: dict[str, tuple[str, int]] = {
     "t10k-images-idx3-ubyte": ("8181f5470baa50b63fa0f6fddb340f0a", 7_840_016),
     "t10k-labels-idx1-ubyte": ("15d484375f8d13e6eb1aabb0c3f46965", 10_008),
 }
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a model, exporter or predictor must know about a data set's inputs and labels."""
-
-    name: str
-    num_classes: int
-    in_chans: int  # 1 for (Fashion-)MNIST, 3 otherwise
-    image_size: int  # inputs are (in_chans, image_size, image_size)
-    mean: tuple[float, ...]  # per channel, [0, 1] units
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-    # a user's image: shorter side resized to this, then center-cropped to image_size
-    # (None: image_size itself; torchvision's ImageNet weights use 256 for 224)
-    resize_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.resize_size is None:
-            object.__setattr__(self, "resize_size", self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (stored in checkpoints under ``"data"``); includes ``input_size`` [C, H, W]."""
-        return {"name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
-                "image_size": self.image_size, "input_size": [self.in_chans, self.image_size, self.image_size],
-                "resize_size": self.resize_size,
-                "mean": list(self.mean), "std": list(self.std), "classes": list(self.classes)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataSpec:
-        try:
-            in_chans, image_size = (d["in_chans"], d["image_size"]) if "in_chans" in d else d["input_size"][:2]
-            classes = tuple(str(c) for c in d["classes"])
-            resize = int(d.get("resize_size") or image_size)
-            spec = cls(str(d["name"]), int(d.get("num_classes", len(classes))), int(in_chans), int(image_size),
-                       tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]), classes, resize)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise DataError(f"not a data description (need name, in_chans, image_size, mean, std, classes): "
-                            f"{type(exc).__name__} {exc} in {sorted(d) if isinstance(d, dict) else d!r}") from None
-        if resize < spec.image_size:
-            raise DataError(f"resize_size must be at least image_size={spec.image_size}, received resize_size={resize}")
-        return spec
 
 
 class TensorImageDataset(Dataset):

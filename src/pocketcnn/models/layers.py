@@ -83,8 +83,16 @@ class ClassifierMixin:
 
     num_features: int
     num_classes: int
+    min_input_size: int = 1  # smallest square input side whose feature maps do not vanish
+    small_input_min: int | None = None  # that side with small_input=True, where the model has the option
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (an FX proxy while quantization traces the model is not a tensor: nothing to check then)
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and min(int(x.shape[-2]), int(x.shape[-1])) < self.min_input_size:
+            hint = (f"; build it with small_input=True for small images (minimum {self.small_input_min} px)"
+                    if self.small_input_min is not None and self.small_input_min < self.min_input_size else "")
+            raise ConfigError(f"{type(self).__name__} needs inputs of at least {self.min_input_size}x"
+                              f"{self.min_input_size} pixels, received {int(x.shape[-2])}x{int(x.shape[-1])}{hint}")
         return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..registry import register_model
+from .registry import Weights, register_model
 from .layers import ClassifierMixin, ConvBNAct, check_positive, init_weights, make_divisible
 
 
@@ -100,7 +100,16 @@ class MobileNetV2(ClassifierMixin, nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-@register_model(MobileNetV2, torchvision="mobilenet_v2", paper="Sandler et al., MobileNetV2 (arXiv:1801.04381)")
+# Training recipe for small images (TrainConfig fields; the CLI's flags override them): as MobileNet v1's.
+RECIPE = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "model_kwargs": {}}
+
+
+@register_model(MobileNetV2, torchvision="mobilenet_v2", paper="Sandler et al., MobileNetV2 (arXiv:1801.04381)",
+                first_conv="features.0.0", classifier="classifier.1", paper_params=3_504_872,
+                paper_macs=300_774_272, recipe=RECIPE,
+                weights=[Weights("IMAGENET1K_V1", "mobilenet_v2-b0353104.pth", "b0353104", 71.878, 90.286),
+                         Weights("IMAGENET1K_V2", "mobilenet_v2-7ebf99e0.pth", "7ebf99e0", 72.154, 90.822,
+                                 resize_size=232)])
 def mobilenet_v2(**kwargs) -> MobileNetV2:
     """MobileNetV2 at width 1.0 by default: 3,504,872 params."""
     return MobileNetV2(**kwargs)

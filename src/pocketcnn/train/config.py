@@ -1,4 +1,4 @@
-"""Training configuration: one frozen dataclass, checked on creation, plus per-model recipes."""
+"""Training configuration: one frozen dataclass, checked on creation; per-model recipes come from the registry."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, close_matches
-from ..registry import model_info
+from ..models.registry import model_config
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "constant")
@@ -58,7 +58,7 @@ class TrainConfig:
     out: str | None = None  # default: runs/<model>
 
     def __post_init__(self) -> None:
-        model_info(self.model)  # unknown name -> UnknownModelError with close matches
+        model_config(self.model)  # unknown name -> UnknownModelError with close matches
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, DEVICES)
@@ -146,31 +146,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return d
 
 
-# Per-family recipes for small grayscale/colour images (Fashion-MNIST, CIFAR), chosen by short
-# runs on Fashion-MNIST subsets (6,000 images, 3 epochs); the CLI's flags override them.
-RECIPES: dict[str, dict[str, Any]] = {
-    # no batch norm: Adam keeps the deep plain stacks moving; SqueezeNet's final ReLU dies at lr >= 3e-3
-    # bf16 autocast where the hardware has it (amp "auto"): on an AVX512-BF16 CPU SqueezeNet trains
-    # 1.8x and AlexNet 1.36x faster at the same accuracy (fp32 vs bf16 top-1, 10,000 images x 3
-    # epochs: squeezenet1_1 74.5 / 75.1, squeezenet1_0 74.65 / 73.9, alexnet 78.55 / 78.35);
-    # MobileNet's depthwise convolutions run slower in bf16 there, so theirs stays off
-    "alexnet": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "amp": "auto",
-                "model_kwargs": {"drop_rate": 0.5}},
-    # SqueezeNet (no batch norm) starts slowly and erratically: batch 64 (twice the steps) gave
-    # 70.3-79.6% top-1 over five (subset, seed) draws of 10,000-12,000 images x 3 epochs where
-    # batch 128 gave 58.2-75.9% (mean 76.9 vs 64.9). Without the ReLU after conv10 no class
-    # channel can die (one did: "Bag" at 0%): 75.0-79.2% vs 66.9-79.0% over four draws of
-    # 8,000-12,000 images (mean 77.3 vs 73.5)
-    "squeezenet": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": "auto", "batch_size": 64,
-                   "model_kwargs": {"drop_rate": 0.2, "final_relu": False}},
-    # batch norm; v3's torchvision BN momentum (0.01) is too slow for short runs
-    "mobilenet_v3": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "model_kwargs": {"bn_momentum": 0.1}},
-    "mobilenet": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "model_kwargs": {}},
-}
-
-
 def recipe(model: str) -> dict[str, Any]:
-    """Default settings for ``model`` (a copy; flags given by the user win)."""
-    family = next((k for k in RECIPES if model.startswith(k)), None)
-    r = json.loads(json.dumps(RECIPES.get(family, {})))
-    return r
+    """The model's training recipe for small images (its :class:`~pocketcnn.models.registry.ModelConfig`'s
+    ``recipe``), as a copy: the flags a user gives win."""
+    return json.loads(json.dumps(dict(model_config(model).recipe)))

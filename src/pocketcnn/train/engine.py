@@ -25,10 +25,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import DataSpec, TensorImageDataset, augment_batch, balanced_subset, dataset_spec, load_dataset
 from ..data import normalize_batch
-from ..errors import CheckpointError, ConfigError, PocketCNNError, TrainingError
-from ..registry import create_model
+from ..errors import CheckpointError, ConfigError, OutputError, PocketCNNError, TrainingError
+from ..artifacts.checkpoint import load_checkpoint, save_checkpoint
+from ..fileio import atomic_write_text, check_writable_dir
+from ..models.registry import build_of, create_model
 from . import distributed as D
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 
 
@@ -84,6 +85,11 @@ def select_device(name: str) -> torch.device:
 def load_data(cfg: TrainConfig) -> tuple[Any, Any, DataSpec]:
     train = load_dataset(cfg.data, "train", cfg.data_dir)
     test = load_dataset(cfg.data, "test", cfg.data_dir)
+    for key, ds, split in (("train_samples", train, "training"), ("test_samples", test, "test")):
+        n = getattr(cfg, key)
+        if n is not None and n > len(ds):
+            raise ConfigError(f"{key}={n} is more than the {len(ds):,} {split} images of {cfg.data}; "
+                              f"pass at most {len(ds)} (or leave it out for all of them)")
     spec = dataset_spec(cfg.data, train)
     if cfg.input_size:
         spec = DataSpec(spec.name, spec.num_classes, spec.in_chans, cfg.input_size, spec.mean, spec.std, spec.classes)
@@ -284,16 +290,89 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Module | None = None,
-        after_step: Callable[[], None] | None = None, save: bool = True,
-        resume: str | Path | None = None) -> FitResult:
-    """Train ``cfg.model`` (or the given ``model``) on ``cfg.data``; see the module docstring.
+RESULT_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # what makes a folder hold a training run
 
-    ``resume``: a checkpoint of this run to continue from. ``after_step``: called after every
-    optimizer step (compression keeps masks and shared weights with it). ``save=False``
-    writes nothing.
-    """
-    t_start = time.perf_counter()
+
+def existing_run(out_dir: Path) -> list[str]:
+    """The training results already in ``out_dir`` (empty when it holds none)."""
+    return [f for f in RESULT_FILES if (out_dir / f).exists()]
+
+
+@dataclass
+class RunState:
+    """Everything one training run carries from step to step, and into its checkpoints."""
+
+    cfg: TrainConfig
+    device: torch.device
+    dist: D.DistInfo
+    spec: DataSpec
+    train_ds: Any
+    test_ds: Any
+    sampler: DistributedSampler
+    local_bs: int
+    steps_per_epoch: int
+    core: nn.Module  # the model itself (DDP wraps it in ``net``)
+    net: nn.Module
+    name: str
+    model_kwargs: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    scaler: torch.amp.GradScaler
+    amp: bool
+    gen: torch.Generator
+    criterion: nn.Module
+    save: bool
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    skip: int = 0  # batches of start_epoch already done (a checkpoint taken mid-epoch)
+    step: int = 0  # optimizer steps so far
+    partial: tuple[float, int, int] = (0.0, 0, 0)  # loss sum, correct, seen of an interrupted epoch
+    ips: list[float] = field(default_factory=list)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.out_dir
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def writes(self) -> bool:
+        return self.dist.is_main and self.save
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.core
+
+    @property
+    def best_top1(self) -> float:
+        return max((m["test_top1"] for m in self.metrics), default=-1.0)
+
+    def checkpoint(self, epoch: int, batch_in_epoch: int, partial: tuple[float, int, int] = (0.0, 0, 0)) -> None:
+        """Write ``last.pt`` (rank 0): weights, optimizer, scheduler, EMA, scaler, RNG, position, config, metrics."""
+        if not self.writes:
+            return
+        ema = self.ema
+        save_checkpoint(self.last, {
+            "model": self.name, "model_kwargs": self.model_kwargs, "state_dict": self.core.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": _rng_state(self.gen), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": self.step,
+            "epoch_partial": list(partial),  # train loss sum, correct, seen so far in an interrupted epoch
+            "config": self.cfg.to_dict(), "metrics": self.metrics, "data": self.spec.to_dict(),
+        })
+
+
+def setup_run(cfg: TrainConfig, *, model: nn.Module | None = None, save: bool = True) -> RunState:
+    """Device, process group, data, model, optimizer, schedule, EMA and mixed precision for ``cfg``."""
     device = select_device(cfg.device)
     dist = D.setup(device.type)
     if device.type == "cuda":
@@ -308,141 +387,171 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
     steps_per_epoch = len(sampler) // local_bs
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training samples")
-
     model = model if model is not None else build_model(cfg, spec)
-    name = getattr(model, "pocketcnn_name", cfg.model)
-    model_kwargs = getattr(model, "pocketcnn_kwargs", {})
+    build = build_of(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    core = model
-    optimizer = make_optimizer(cfg, core)
+    optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-    ema = AveragedModel(core, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True) if cfg.ema else None
+    ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True) if cfg.ema else None
     amp = amp_enabled(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
-    gen = torch.Generator().manual_seed(cfg.seed + 7919 * dist.rank)
-    out_dir = cfg.out_dir
-    metrics: list[dict[str, Any]] = []
-    start_epoch, skip, step = 0, 0, 0
-    partial: tuple = (0.0, 0, 0)
-
-    if resume:
-        ckpt = load_checkpoint(resume)
-        if ckpt["model"] != name or "optimizer" not in ckpt:
-            raise CheckpointError(f"{resume}: not a training checkpoint of {name!r} (found {ckpt['model']!r})")
-        core.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-            ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], gen)
-        start_epoch, skip, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt.get("step", 0)
-        if dist.is_main:  # the saved sums are over all ranks: count them once
-            partial = tuple(ckpt.get("epoch_partial") or (0.0, 0, 0))
-        metrics = list(ckpt.get("metrics", []))
-
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist.enabled else model
-    eval_model = ema.module if ema is not None else core
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
-    if dist.is_main and save:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    return RunState(cfg, device, dist, spec, train_ds, test_ds, sampler, local_bs, steps_per_epoch, model, net,
+                    build.name if build else cfg.model, dict(build.kwargs) if build else {}, optimizer, scheduler,
+                    ema, scaler, amp, torch.Generator().manual_seed(cfg.seed + 7919 * dist.rank),
+                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), save)
 
-    def checkpoint(epoch: int, batch_in_epoch: int, partial: tuple[float, int, int] = (0.0, 0, 0)) -> None:
-        if not (dist.is_main and save):
-            return
-        save_checkpoint(last, {
-            "model": name, "model_kwargs": model_kwargs, "state_dict": core.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "rng": _rng_state(gen), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-            "epoch_partial": list(partial),  # train loss sum, correct, seen so far in an interrupted epoch
-            "config": cfg.to_dict(), "metrics": metrics, "data": spec.to_dict(),
-        })
 
-    best_top1 = max((m["test_top1"] for m in metrics), default=-1.0)
-    ips_all: list[float] = []
+def restore(state: RunState, resume: str | Path) -> None:
+    """Continue ``state`` from a checkpoint of the same run: weights, optimizer, schedule, EMA, RNG, position."""
+    ckpt = load_checkpoint(resume)
+    if ckpt["model"] != state.name or "optimizer" not in ckpt:
+        raise CheckpointError(f"{resume}: not a training checkpoint of {state.name!r} (found {ckpt['model']!r})")
+    state.core.load_state_dict(ckpt["state_dict"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    if state.ema is not None and ckpt.get("ema") is not None:
+        state.ema.module.load_state_dict(ckpt["ema"])
+        state.ema.n_averaged.fill_(int(ckpt.get("ema_n_averaged", 1)))
+    if ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"], state.gen)
+    state.start_epoch, state.skip, state.step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt.get("step", 0)
+    if state.dist.is_main:  # the saved sums are over all ranks: count them once
+        state.partial = tuple(ckpt.get("epoch_partial") or (0.0, 0, 0))
+    state.metrics = list(ckpt.get("metrics", []))
+
+
+@dataclass
+class EpochTotals:
+    """One epoch's training sums on this rank (an interrupted epoch's saved sums included)."""
+
+    loss_sum: float
+    correct: int
+    seen: int
+    seen_at_start: int  # what the saved sums already counted (a resumed epoch)
+    started: float = 0.0  # time.perf_counter() at the epoch's start
+    seconds: float = 0.0  # training time (evaluation excluded)
+
+
+def train_epoch(state: RunState, epoch: int, stop: _StopFlag, callbacks: Callbacks | None,
+                after_step: Callable[[], None] | None) -> EpochTotals:
+    """One pass over the training data (from batch ``state.skip`` when resuming mid-epoch)."""
+    cfg, dist, device = state.cfg, state.dist, state.device
+    state.sampler.set_epoch(epoch)
+    indices = list(state.sampler)
+    state.net.train()
+    if callbacks and dist.is_main:
+        callbacks.on_epoch_start(epoch + 1, cfg.epochs, state.steps_per_epoch)
+    t0 = time.perf_counter()
+    skip = state.skip
+    loss_sum, correct, seen = state.partial if skip else (0.0, 0, 0)
+    totals = EpochTotals(float(loss_sum), int(correct), int(seen), seen_at_start=int(seen), started=t0)
+    for i, (x, y) in enumerate(iterate(state.train_ds, indices, state.local_bs, cfg.workers, skip, drop_last=True),
+                               skip):
+        # a stop request is honoured before this batch draws any random numbers, so the
+        # checkpoint's RNG states are exactly those an uninterrupted run has here
+        if D.any_flags([stop.signal is not None], dist, device)[0]:
+            part = D.all_reduce_sum(torch.tensor([totals.loss_sum, totals.correct, totals.seen], dtype=torch.float64,
+                                                 device=device), dist)
+            state.checkpoint(epoch, i, (part[0].item(), int(part[1]), int(part[2])))
+            raise Interrupted(f"interrupted by signal {stop.signal or 'on another rank'}: saved {state.last} "
+                              f"(epoch {epoch + 1}, step {i}); resume with --resume {state.last}")
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = augment_batch(x, crop_padding=cfg.crop_padding if "crop" in cfg.augment else 0,
+                          hflip="flip" in cfg.augment, erase=cfg.erase_prob if "erase" in cfg.augment else 0.0,
+                          generator=state.gen)
+        x = normalize_batch(x, state.spec.mean, state.spec.std, size=cfg.input_size, channels_last=cfg.channels_last)
+        out, loss = forward_loss(state.net, x, y, state.criterion, state.amp)
+        if D.any_flags([not torch.isfinite(loss).item()], dist, device)[0]:
+            raise TrainingError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without saving "
+                f"it (last good checkpoint: {state.last if state.last.exists() else 'none yet'}). Try a lower --lr.")
+        backward_step(loss, state.optimizer, state.scaler, state.core, cfg.grad_clip)
+        state.scheduler.step()
+        state.step += 1
+        if state.ema is not None:
+            state.ema.update_parameters(state.core)
+        if after_step is not None:
+            after_step()
+        totals.seen += y.numel()
+        totals.loss_sum += loss.item() * y.numel()
+        totals.correct += int((out.argmax(1) == y).sum())
+        if callbacks and dist.is_main:
+            callbacks.on_step(i + 1, loss.item(), 100 * totals.correct / totals.seen,
+                              (totals.seen - totals.seen_at_start) * dist.world_size / (time.perf_counter() - t0))
+    state.skip = 0
+    totals.seconds = time.perf_counter() - t0
+    return totals
+
+
+def end_epoch(state: RunState, epoch: int, totals: EpochTotals, callbacks: Callbacks | None) -> dict[str, Any]:
+    """Evaluate, record the epoch's metrics, write ``last.pt`` (and ``best.pt`` when it is the best)."""
+    cfg, dist = state.cfg, state.dist
+    res = evaluate(state.eval_model, state.test_ds, state.spec, batch_size=cfg.eval_batch_size, device=state.device,
+                   channels_last=cfg.channels_last, dist=dist, workers=cfg.workers)
+    sums = torch.tensor([totals.loss_sum, totals.correct, totals.seen], dtype=torch.float64, device=state.device)
+    D.all_reduce_sum(sums, dist)
+    ips = (totals.seen - totals.seen_at_start) * dist.world_size / max(totals.seconds, 1e-9)
+    state.ips.append(ips)
+    best_before = state.best_top1
+    m = {"epoch": epoch + 1, "train_loss": sums[0].item() / max(sums[2].item(), 1),
+         "train_top1": 100 * sums[1].item() / max(sums[2].item(), 1), "test_top1": res.top1,
+         "test_top5": res.top5, "test_loss": res.loss, "test_images": res.n,
+         "lr": state.optimizer.param_groups[0]["lr"], "epoch_seconds": round(time.perf_counter() - totals.started, 3),
+         "images_per_s": round(ips, 1)}
+    state.metrics.append(m)
+    state.checkpoint(epoch + 1, 0)
+    if state.writes:
+        with open(state.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        if res.top1 > best_before:
+            tmp = state.best.with_suffix(".pt.tmp")
+            tmp.unlink(missing_ok=True)
+            os.link(state.last, tmp)  # last.pt is only ever replaced, never rewritten: share its bytes
+            os.replace(tmp, state.best)
+    if callbacks and dist.is_main:
+        callbacks.on_epoch_end(m)
+    return m
+
+
+def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Module | None = None,
+        after_step: Callable[[], None] | None = None, save: bool = True,
+        resume: str | Path | None = None, overwrite: bool = False) -> FitResult:
+    """Train ``cfg.model`` (or the given ``model``) on ``cfg.data``; see the module docstring.
+
+    ``resume``: a checkpoint of this run to continue from. ``after_step``: called after every
+    optimizer step (compression keeps masks and shared weights with it). ``save=False``
+    writes nothing. A folder that already holds a run's results is refused (OutputError)
+    unless ``overwrite`` or ``resume``; the folder is checked to be writable before training.
+    """
+    t_start = time.perf_counter()
+    if save and os.environ.get("RANK", "0") == "0":
+        if not resume and not overwrite and existing_run(cfg.out_dir):
+            raise OutputError(f"{cfg.out_dir} already holds a training run ({', '.join(existing_run(cfg.out_dir))}): "
+                              f"pass --force to replace it, --resume {cfg.out_dir / 'last.pt'} to continue it, "
+                              "or another --out")
+        check_writable_dir(cfg.out_dir, "training run")
+    state = setup_run(cfg, model=model, save=save)
+    if resume:
+        restore(state, resume)
+    if state.writes:
+        state.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(state.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state.metrics))
+        atomic_write_text(state.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
-            indices = list(sampler)
-            net.train()
-            if callbacks and dist.is_main:
-                callbacks.on_epoch_start(epoch + 1, cfg.epochs, steps_per_epoch)
-            t0 = time.perf_counter()
-            loss_sum, correct, seen = (float(partial[0]), int(partial[1]), int(partial[2])) if skip else (0.0, 0, 0)
-            seen_at_start = seen
-            for i, (x, y) in enumerate(iterate(train_ds, indices, local_bs, cfg.workers, skip, drop_last=True), skip):
-                # a stop request is honoured before this batch draws any random numbers, so the
-                # checkpoint's RNG states are exactly those an uninterrupted run has here
-                if D.any_flags([stop.signal is not None], dist, device)[0]:
-                    part = D.all_reduce_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device), dist)
-                    checkpoint(epoch, i, (part[0].item(), int(part[1]), int(part[2])))
-                    raise Interrupted(f"interrupted by signal {stop.signal or 'on another rank'}: saved {last} "
-                                      f"(epoch {epoch + 1}, step {i}); resume with --resume {last}")
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                x = augment_batch(x, crop_padding=cfg.crop_padding if "crop" in cfg.augment else 0,
-                                  hflip="flip" in cfg.augment, erase=cfg.erase_prob if "erase" in cfg.augment else 0.0,
-                                  generator=gen)
-                x = normalize_batch(x, spec.mean, spec.std, size=cfg.input_size, channels_last=cfg.channels_last)
-                out, loss = forward_loss(net, x, y, criterion, amp)
-                if D.any_flags([not torch.isfinite(loss).item()], dist, device)[0]:
-                    raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without saving "
-                        f"it (last good checkpoint: {last if last.exists() else 'none yet'}). Try a lower --lr.")
-                backward_step(loss, optimizer, scaler, core, cfg.grad_clip)
-                scheduler.step()
-                step += 1
-                if ema is not None:
-                    ema.update_parameters(core)
-                if after_step is not None:
-                    after_step()
-                seen += y.numel()
-                loss_sum += loss.item() * y.numel()
-                correct += int((out.argmax(1) == y).sum())
-                if callbacks and dist.is_main:
-                    callbacks.on_step(i + 1, loss.item(), 100 * correct / seen,
-                                      (seen - seen_at_start) * dist.world_size / (time.perf_counter() - t0))
-            train_seconds = time.perf_counter() - t0
-            skip = 0
-            res = evaluate(eval_model, test_ds, spec, batch_size=cfg.eval_batch_size, device=device,
-                           channels_last=cfg.channels_last, dist=dist, workers=cfg.workers)
-            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
-            D.all_reduce_sum(totals, dist)
-            ips = (seen - seen_at_start) * dist.world_size / max(train_seconds, 1e-9)
-            ips_all.append(ips)
-            m = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
-                 "train_top1": 100 * totals[1].item() / max(totals[2].item(), 1), "test_top1": res.top1,
-                 "test_top5": res.top5, "test_loss": res.loss, "test_images": res.n, "lr": optimizer.param_groups[0]["lr"],
-                 "epoch_seconds": round(time.perf_counter() - t0, 3), "images_per_s": round(ips, 1)}
-            metrics.append(m)
-            checkpoint(epoch + 1, 0)
-            if dist.is_main and save:
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(m) + "\n")
-                if res.top1 > best_top1:
-                    tmp = best.with_suffix(".pt.tmp")
-                    tmp.unlink(missing_ok=True)
-                    os.link(last, tmp)  # last.pt is only ever replaced, never rewritten: share its bytes
-                    os.replace(tmp, best)
-            best_top1 = max(best_top1, res.top1)
-            if callbacks and dist.is_main:
-                callbacks.on_epoch_end(m)
+        for epoch in range(state.start_epoch, cfg.epochs):
+            totals = train_epoch(state, epoch, stop, callbacks, after_step)
+            end_epoch(state, epoch, totals, callbacks)
             if stop.signal is not None:
-                raise Interrupted(f"interrupted by signal {stop.signal}: saved {last} (epoch {epoch + 1} complete); "
-                                  f"resume with --resume {last}")
-    final = metrics[-1]["test_top1"] if metrics else float("nan")
-    return FitResult(name, cfg.epochs, best_top1, final, sum(p.numel() for p in core.parameters()),
-                     time.perf_counter() - t_start, str(last), str(best),
-                     sum(ips_all) / len(ips_all) if ips_all else 0.0, metrics)
+                raise Interrupted(f"interrupted by signal {stop.signal}: saved {state.last} (epoch {epoch + 1} "
+                                  f"complete); resume with --resume {state.last}")
+    final = state.metrics[-1]["test_top1"] if state.metrics else float("nan")
+    return FitResult(state.name, cfg.epochs, state.best_top1, final, sum(p.numel() for p in state.core.parameters()),
+                     time.perf_counter() - t_start, str(state.last), str(state.best),
+                     sum(state.ips) / len(state.ips) if state.ips else 0.0, state.metrics)

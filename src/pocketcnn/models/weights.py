@@ -1,15 +1,53 @@
 """Loading weight files safely: ``.safetensors`` or ``.pth`` read with ``weights_only=True``.
 
-Neither path can execute code stored in the file (no arbitrary unpickling).
+Neither path can execute code stored in the file (no arbitrary unpickling). Named weights
+(:class:`~pocketcnn.models.registry.Weights`) are found by file name in a local folder and checked
+by their SHA-256 prefix; nothing is downloaded.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError, first_line
+
+if TYPE_CHECKING:
+    from .registry import ModelConfig, Weights
+
+
+def default_weights_dir() -> Path:
+    """torch hub's cache folder (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``),
+    where torchvision itself keeps the files it downloads."""
+    home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_weights(cfg: ModelConfig, entry: Weights, *, path: str | Path | None = None,
+                 folder: str | Path | None = None) -> Path:
+    """The local file of named weights: ``path``, else ``folder / entry.filename`` (default folder:
+    :func:`default_weights_dir`), its SHA-256 checked against the prefix torchvision publishes."""
+    where = Path(path) if path is not None else Path(folder or default_weights_dir()) / entry.filename
+    if not where.is_file():
+        raise CheckpointError(f"{where}: weights {cfg.name} {entry.name} not found; put torchvision's file "
+                              f"{entry.filename} there (or pass its path); pocketcnn downloads nothing")
+    found = sha256_of(where)
+    if not found.startswith(entry.sha256):
+        raise CheckpointError(f"{where}: SHA-256 {found[:12]}... does not match weights {cfg.name} {entry.name} "
+                              f"(expected {entry.sha256}..., torchvision's {entry.filename}): wrong or damaged file")
+    return where
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -24,8 +62,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure of an untrusted file is the file's fault
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable weight file ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable weight file ({first_line(exc, 200)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -1,0 +1,175 @@
+"""Checkpoints: one dict saved atomically, read back without unpickling code.
+
+Layout (every value is a tensor, a number, a string, or a list/dict of those, so that
+``torch.load(weights_only=True)`` reads it)::
+
+    format: "pocketcnn-checkpoint", version: 1
+    model: registry name, model_kwargs: keywords for create_model
+    state_dict: model weights           ema: EMA weights or None
+    optimizer, scheduler, scaler: state dicts or None
+    rng: {"torch": ByteTensor, "cuda": [ByteTensor...], "python": tuple}
+    epoch: last finished epoch (1-based), step: optimizer steps so far
+    config: the training configuration as a dict
+    metrics: list of per-epoch metric dicts
+    data: DataSpec.to_dict() (preprocessing and class names)
+    quantized: {"method", "engine", "dtype"} for the int8 checkpoints of ``pocketcnn quantize --backend torch``
+
+A file is untrusted until proven otherwise: the stored model settings are checked against
+sane bounds and the stored tensor shapes against the model built on PyTorch's ``meta``
+device (no memory) before anything is allocated (:func:`build_recorded`).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, PocketCNNError, first_line
+from ..fileio import atomic_write
+from ..models.registry import create_model
+
+FORMAT, VERSION = "pocketcnn-checkpoint", 1
+MAX_PARAMS = 200_000_000  # 3x AlexNet: far above any pocket-sized network; a larger record is refused
+KINDS = "a pocketcnn checkpoint (.pt from train, compress's source, quantize --backend torch)"
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
+    ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a pocketcnn checkpoint safely; a bad file is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected {KINDS}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # int8 checkpoints: a TypedStorage deprecation note
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any parse failure of an untrusted file is the file's fault
+        raise CheckpointError(f"{path}: not a readable checkpoint: expected {KINDS}{_kind_hint(path, exc)}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pocketcnn checkpoint (expected format={FORMAT!r})")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt['version']} is newer than this pocketcnn reads ({VERSION})")
+    for key in ("model", "model_kwargs", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks the field {key!r}")
+    return ckpt
+
+
+def _kind_hint(path: Path, exc: BaseException) -> str:
+    """What the file looks like instead, from its first bytes (never torch's advice to unpickle it)."""
+    try:
+        head = path.read_bytes()[:8]
+    except OSError as err:
+        return f" (cannot read: {err.strerror or err})"
+    for magic, kind in ((b"PCZ1", "a .pcz file: pass it to predict or export"),
+                        (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+                        (b"\x08", "probably an ONNX model: pass it to predict or serve")):
+        if head.startswith(magic):
+            return f"; this is {kind}"
+    if b"torch.export" in head or path.suffix in (".pt2", ".pte", ".onnx", ".tflite"):
+        return f"; a {path.suffix} file is an exported model: pass it to predict"
+    text = first_line(exc, 120)
+    return "" if "weights_only" in text or "Weights only" in text else f" ({text})"
+
+
+def is_int8(ckpt: Mapping[str, Any]) -> bool:
+    """Whether ``ckpt`` holds the int8 weights of ``pocketcnn quantize --backend torch`` (CPU only)."""
+    return bool(ckpt.get("quantized"))
+
+
+def build_recorded(name: Any, kwargs: Any, shapes: Mapping[str, tuple[int, ...]] | None, source: str) -> nn.Module:
+    """Build the model a file records, after checking it: a registered ``name``, ``kwargs`` that
+    ``create_model`` takes, at most :data:`MAX_PARAMS` parameters, and (with ``shapes``) the
+    stored tensor shapes equal to the model's. The checks run on the ``meta`` device, so a
+    hostile record (say ``width_mult=200``) is refused before any memory is allocated."""
+    if not isinstance(name, str) or not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"{source}: bad model record (name {name!r}, model_kwargs {kwargs!r})")
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **kwargs)
+    except PocketCNNError as exc:
+        raise CheckpointError(f"{source}: records model {name!r} with settings this pocketcnn cannot build: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: records model {name!r} with unusable settings {dict(kwargs)}: "
+                              f"{first_line(exc, 200)}") from None
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMS:
+        raise CheckpointError(f"{source}: records {name!r} with {dict(kwargs)}, {n:,} parameters; refused "
+                              f"(more than {MAX_PARAMS:,}: not a pocket-sized model, or a hostile file)")
+    if shapes is not None:
+        expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+        _check_shapes(expected, {k: tuple(v) for k, v in shapes.items()}, name, source)
+    return create_model(name, **kwargs)
+
+
+def _check_shapes(expected: Mapping[str, tuple[int, ...]], stored: Mapping[str, tuple[int, ...]], name: str,
+                  source: str) -> None:
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit model {name!r}: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise CheckpointError(f"{source}: weights do not fit model {name!r}: {key} is {list(stored[key])} in "
+                                  f"the file, {list(shape)} in the model")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, *, use_ema: bool = True,
+                          source: str = "checkpoint") -> nn.Module:
+    """Build the checkpoint's model and load its weights (EMA weights when present).
+
+    An int8 checkpoint (:func:`is_int8`) gives the PyTorch int8 model, which runs on the CPU.
+    """
+    if not isinstance(ckpt, dict):
+        source = str(ckpt)
+        ckpt = load_checkpoint(ckpt)
+    if is_int8(ckpt):
+        return _int8_model(ckpt, source)
+    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: the state dict is not a mapping of names to tensors")
+    model = build_recorded(ckpt["model"], ckpt["model_kwargs"], {k: v.shape for k, v in state.items()}, source)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit model {ckpt['model']!r}: {first_line(exc)}") from None
+    return model.eval()
+
+
+def _int8_model(ckpt: dict[str, Any], source: str) -> nn.Module:
+    from ..int8 import rebuild_fx_int8
+
+    data = ckpt.get("data") or {}
+    try:
+        size = (int(data["in_chans"]), int(data["image_size"]), int(data["image_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{source}: int8 checkpoint lacks its input size "
+                              "(fields data.in_chans and data.image_size)") from None
+    model = build_recorded(ckpt["model"], ckpt["model_kwargs"], None, source)
+    try:
+        model = rebuild_fx_int8(model, ckpt["state_dict"], size)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{source}: int8 weights do not fit model {ckpt['model']!r}: "
+                              f"{first_line(exc, 200)}") from None
+    return model.eval()
+
+
+def save_int8_checkpoint(path: str | Path, name: str, model_kwargs: Mapping[str, Any], data: Mapping[str, Any],
+                         qmodel: nn.Module, *, method: str = "fx") -> Path:
+    """A pocketcnn checkpoint whose ``state_dict`` is the FX int8 model's (``quantized`` says how to rebuild)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return save_checkpoint(path, {"model": name, "model_kwargs": dict(model_kwargs),
+                                      "state_dict": qmodel.state_dict(), "data": dict(data),
+                                      "quantized": {"method": method, "engine": torch.backends.quantized.engine,
+                                                    "dtype": "int8"}})

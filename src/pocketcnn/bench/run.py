@@ -1,0 +1,170 @@
+"""``run_benchmark``: every model x runtime x batch size of a :class:`BenchConfig`, with references.
+
+All runtimes of one model (and, with ``reference=True``, torchvision's implementation of
+the same architecture) are built first, then each batch size is timed with
+:func:`~pocketcnn.bench.timing.measure_many`, interleaved, so every record carries its
+speed ratio to the reference measured in the same run.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, PocketCNNError, first_line
+from .runtimes import (INT8_RUNTIMES, REFERENCE_RUNTIMES, RUNTIMES, Runtime, RuntimeUnavailable, build_runtime,
+                       parse_runtimes, reference_model)
+from .timing import RATIO_KEYS, BenchResult, _is_pos_int, _num_threads, _trim_heap, matmul_peak_gflops, measure_many
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What :func:`run_benchmark` measures; checked on construction."""
+
+    models: tuple[str, ...]
+    runtimes: tuple[str, ...] = ("eager", "optimized", "onnxruntime")
+    batch_sizes: tuple[int, ...] = (1, 32)
+    threads: int | None = None  # None: torch.get_num_threads()
+    input_size: int | None = None  # square side; None: each model's registered size
+    reference: bool = False
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        from ..models.registry import model_config
+
+        if not self.models:
+            raise ConfigError("give at least one model, received none")
+        for name in self.models:
+            model_config(name)  # raises UnknownModelError naming close matches
+        object.__setattr__(self, "runtimes", parse_runtimes(self.runtimes))
+        if self.threads is None:
+            object.__setattr__(self, "threads", torch.get_num_threads())
+        if not self.batch_sizes or any(not _is_pos_int(b) for b in self.batch_sizes):
+            raise ConfigError(f"batch_sizes must be positive integers, received {list(self.batch_sizes)!r}")
+        if not _is_pos_int(self.threads):
+            raise ConfigError(f"threads must be a positive integer, received threads={self.threads!r}")
+        if self.input_size is not None and (not _is_pos_int(self.input_size) or self.input_size < 8):
+            raise ConfigError(f"input_size must be an integer >= 8, received input_size={self.input_size!r}")
+
+    @property
+    def warmup(self) -> int:
+        return 1 if self.quick else 3
+
+    @property
+    def min_time(self) -> float:
+        return 0.1 if self.quick else 1.0
+
+    @property
+    def repeats(self) -> int:
+        return 3 if self.quick else 5
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one :func:`run_benchmark` call measured, and what it could not."""
+
+    results: list[BenchResult]
+    peak_gflops: float
+    threads: int
+    skipped: list[str] = field(default_factory=list)  # "model / runtime: why"
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.results]
+
+    def best(self, model: str, batch_size: int, runtimes: Sequence[str] = ()) -> BenchResult | None:
+        """The fastest record of ``model`` at ``batch_size`` among ``runtimes`` (default: pocketcnn fp32 ones)."""
+        allowed = set(runtimes) or {r for r in RUNTIMES if r not in INT8_RUNTIMES}
+        cells = [r for r in self.results if r.model == model and r.batch_size == batch_size and r.runtime in allowed]
+        return max(cells, key=lambda r: r.images_per_s, default=None)
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def run_benchmark(config: BenchConfig, *, progress: ProgressFn | None = None) -> BenchReport:
+    """Measure every model x runtime x batch size of ``config``; see the module docstring.
+
+    All runtimes of one model (and its references) are built first, then each batch size
+    is timed with :func:`measure_many`, interleaved. ``progress(done, total, label)`` is
+    called as cells start and once at the end. A runtime that cannot run here
+    (``RuntimeUnavailable``, or any error but a ``PocketCNNError`` while it is built or
+    called, e.g. a failed compilation) is skipped and listed in ``BenchReport.skipped``;
+    a ``PocketCNNError`` (a user error, e.g. an INT8 runtime asked for in a build without
+    :mod:`pocketcnn.compress.quantize`) propagates.
+    """
+    from ..analysis import profile
+    from ..models.registry import create_model, model_config
+
+    peak = matmul_peak_gflops(config.threads, n=2048 if config.quick else 4096, min_time=0.2 if config.quick else 1.0)
+    refs = [r for r in REFERENCE_RUNTIMES if r in config.runtimes or config.reference]
+    ours = [r for r in config.runtimes if r in RUNTIMES]
+    per_model = (len(ours) + len(refs)) * len(config.batch_sizes)
+    total = len(config.models) * per_model
+    results: list[BenchResult] = []
+    skipped: list[str] = []
+    torch.manual_seed(0)
+    for i, model_name in enumerate(config.models):
+        done = i * per_model
+        info = model_config(model_name)
+        side = config.input_size or info.input_size[1]
+        size = (info.input_size[0], side, side)
+        model = create_model(model_name).eval()
+        macs = profile(model, size, name=model_name).macs
+        ref = reference_model(model_name) if refs else None
+        if refs and ref is None:
+            skipped.append(f"{model_name} / torchvision: no torchvision reference")
+        wanted = [(r, model) for r in ours] + ([(r, ref) for r in refs] if ref is not None else [])
+        built: dict[str, Runtime] = {}
+        with tempfile.TemporaryDirectory(prefix="pocketcnn-bench-") as tmp:
+            for rt_name, net in wanted:
+                if progress:
+                    progress(done, total, f"{model_name} / {rt_name}: building")
+                try:
+                    with _num_threads(config.threads):
+                        label = f"torchvision.{model_name}" if rt_name in REFERENCE_RUNTIMES else model_name
+                        built[rt_name] = build_runtime(rt_name, net, input_size=size, threads=config.threads,
+                                                       workdir=tmp, label=label)
+                except RuntimeUnavailable as exc:
+                    skipped.append(f"{model_name} / {rt_name}: {exc}")
+                except PocketCNNError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one runtime that fails to build must not stop the rest
+                    skipped.append(f"{model_name} / {rt_name}: {type(exc).__name__}: {first_line(exc, 200)}")
+            for j, bs in enumerate(config.batch_sizes):
+                cell_done = done + j * len(wanted)
+
+                def step(label: str, bs: int = bs, cell_done: int = cell_done, model_name: str = model_name) -> None:
+                    if progress:
+                        progress(cell_done, total, f"{model_name} / batch {bs} / {label}")
+
+                errors: dict[str, BaseException] = {}
+                results += measure_many(
+                    {k: rt.fn for k, rt in built.items()}, batch_size=bs, input_size=size, threads=config.threads,
+                    warmup=config.warmup, min_time=config.min_time, repeats=config.repeats, macs=macs,
+                    peak_gflops=peak, model_name=model_name, notes={k: rt.note for k, rt in built.items()},
+                    errors=errors, on_step=step)
+                for k, exc in errors.items():
+                    skipped.append(f"{model_name} / {k} / batch {bs}: {type(exc).__name__}: {first_line(exc, 200)}")
+        del built
+        _trim_heap()
+    if progress:
+        progress(total, total, "done")
+    return BenchReport(_with_ratios(results), peak, config.threads, skipped)
+
+
+def _with_ratios(results: list[BenchResult]) -> list[BenchResult]:
+    """Fill ``vs_torchvision_*``: images/s over the reference's, same model and batch size."""
+    refs = {(r.model, r.batch_size, r.runtime): r.images_per_s for r in results if r.runtime in RATIO_KEYS}
+    out = []
+    for r in results:
+        ratios = {}
+        for ref, key in RATIO_KEYS.items():
+            ref_ips = refs.get((r.model, r.batch_size, ref))
+            if ref_ips:
+                ratios[key] = r.images_per_s / ref_ips
+        out.append(replace(r, **ratios))
+    return out
+
+

@@ -1,0 +1,352 @@
+"""Timing the way timm's ``benchmark.py`` does: fixed threads, warm-up, then the forward pass alone.
+
+:func:`measure` times one callable; :func:`measure_many` times several runtimes of one
+model at once, interleaving their timed calls (in a new random order each round) so that
+load from other processes hits all of them alike. The median is the headline, the minimum
+the best case. Also: the machine's fp32 matmul peak and the peak-memory probe.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import math
+import random
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, PocketCNNError
+from ..models.registry import build_of
+
+RATIO_KEYS: dict[str, str] = {
+    "torchvision-eager": "vs_torchvision_eager",
+    "torchvision-onnxruntime": "vs_torchvision_onnxruntime",
+}
+RECORD_KEYS = ("model", "runtime", "batch_size", "median_ms", "min_ms", "images_per_s", "peak_mem_mb",
+               "gflops", "peak_fraction", *RATIO_KEYS.values())
+
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One measured cell: a model, a runtime, a batch size.
+
+    ``images_per_s = batch_size / median``. ``gflops = 2 * mult-adds * images_per_s / 1e9``
+    (mult-adds from :func:`pocketcnn.profile`, convolutions and linear layers only), and
+    ``peak_fraction`` divides it by the fp32 matmul peak measured in the same process
+    (:func:`matmul_peak_gflops`); it can pass 1 when ONNX Runtime's kernels beat PyTorch's
+    matmul, or when other processes slowed the probe. ``peak_mem_mb`` is how far the process's resident memory
+    high-water mark rose above its resident size during the warm-up and timed calls: the
+    activations, workspaces and arenas the runtime needs to run a batch, not the weights
+    or libraries loaded before (``None`` where the platform cannot tell).
+    ``vs_torchvision_*`` are ``images_per_s`` over the same reference's at the same batch
+    size, when it was measured.
+    """
+
+    model: str
+    runtime: str
+    batch_size: int
+    median_ms: float
+    min_ms: float
+    images_per_s: float
+    peak_mem_mb: float | None
+    gflops: float | None
+    peak_fraction: float | None
+    vs_torchvision_eager: float | None = None
+    vs_torchvision_onnxruntime: float | None = None
+    threads: int = 1
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    runs: int = 0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+
+_PEAK_CACHE: dict[tuple[int, int], float] = {}
+
+
+def matmul_peak_gflops(threads: int | None = None, *, n: int = 2048, min_time: float = 0.5) -> float:
+    """The machine's practical fp32 peak: GFLOP/s of the best ``n x n`` matmul in ``threads`` threads.
+
+    Repeats ``torch.mm`` for at least ``min_time`` seconds and keeps the fastest call;
+    cached per ``(threads, n)`` for the life of the process.
+    """
+    threads = torch.get_num_threads() if threads is None else threads
+    if not _is_pos_int(threads):
+        raise ConfigError(f"threads must be a positive integer, received threads={threads!r}")
+    key = (threads, n)
+    if key not in _PEAK_CACHE:
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        out = torch.empty(n, n)
+        with _num_threads(threads):
+            torch.mm(a, b, out=out)  # warm-up
+            best, start = math.inf, time.perf_counter()
+            while time.perf_counter() - start < min_time or best is math.inf:
+                t0 = time.perf_counter()
+                torch.mm(a, b, out=out)
+                best = min(best, time.perf_counter() - t0)
+        _PEAK_CACHE[key] = 2 * n**3 / best / 1e9
+    return _PEAK_CACHE[key]
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_LIBC: Any = None
+
+
+def _trim_heap() -> None:
+    """Return freed heap to the OS (glibc), so the next high-water mark starts from real use."""
+    global _LIBC
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            if _LIBC is None:
+                _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class _PeakMemory:
+    """Rise of the resident high-water mark over the resident size at the start, in MB.
+
+    Linux: resets ``VmHWM`` through ``/proc/self/clear_refs`` and reads ``/proc/self/status``.
+    Elsewhere: ``getrusage`` maxrss delta, which reads 0 when an earlier phase went higher.
+    """
+
+    def __enter__(self) -> _PeakMemory:
+        _trim_heap()
+        self.mb: float | None = None
+        self._linux = False
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._start = self._status("VmRSS")
+            self._linux = True
+        except OSError:
+            try:
+                import resource
+
+                self._start = self._maxrss(resource)
+            except (ImportError, OSError):
+                self._start = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._start is None:
+            return
+        if self._linux:
+            self.mb = max(0.0, self._status("VmHWM") - self._start)
+        else:
+            import resource
+
+            self.mb = max(0.0, self._maxrss(resource) - self._start)
+
+    @staticmethod
+    def _status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.M)
+        if m is None:
+            raise OSError(f"no {key} in /proc/self/status")
+        return int(m.group(1)) / 1024
+
+    @staticmethod
+    def _maxrss(resource: Any) -> float:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KB elsewhere
+
+
+def _check_timing(batch_size: Any, input_size: Any, threads: Any, warmup: Any, min_time: Any,
+                  repeats: Any) -> tuple[tuple[int, int, int], int]:
+    if not _is_pos_int(batch_size):
+        raise ConfigError(f"batch_size must be a positive integer, received batch_size={batch_size!r}")
+    try:
+        size = tuple(int(v) for v in input_size)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ConfigError(f"input_size must be (C, H, W) with positive values, received {input_size!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup must be a non-negative integer, received warmup={warmup!r}")
+    if not _is_pos_int(repeats):
+        raise ConfigError(f"repeats must be a positive integer, received repeats={repeats!r}")
+    if not isinstance(min_time, (int, float)) or min_time < 0:
+        raise ConfigError(f"min_time must be a number >= 0, received min_time={min_time!r}")
+    threads = torch.get_num_threads() if threads is None else threads
+    if not _is_pos_int(threads):
+        raise ConfigError(f"threads must be a positive integer, received threads={threads!r}")
+    return size, threads  # type: ignore[return-value]
+
+
+def measure_many(
+    fns: dict[str, Callable[[torch.Tensor], Any]],
+    *,
+    batch_size: int = 1,
+    input_size: Sequence[int] = (3, 224, 224),
+    threads: int | None = None,
+    warmup: int = 3,
+    min_time: float = 1.0,
+    repeats: int = 5,
+    max_repeats: int = 10_000,
+    macs: int | dict[str, int | None] | None = None,
+    peak_gflops: float | None = None,
+    model_name: str = "model",
+    notes: dict[str, str] | None = None,
+    errors: dict[str, BaseException] | None = None,
+    on_step: Callable[[str], None] | None = None,
+    seed: int = 0,
+    batch: torch.Tensor | None = None,
+) -> list[BenchResult]:
+    """Time several runtimes of one model on the same batch, interleaved; one record per runtime.
+
+    The batch is ``batch`` when given (real images, say), else seeded random numbers of
+    ``(batch_size, *input_size)``.
+
+    Each runtime gets its warm-up, then ``repeats`` rounds visit every runtime in turn (in
+    a new random order each round, seeded), each visit timing calls for at least ``min_time /
+    repeats`` seconds (one call at least). Load that comes and goes on a shared machine
+    so hits every runtime alike, which keeps their ratios honest. A runtime that raises
+    anything but a ``PocketCNNError`` is dropped and its exception put in ``errors`` (or
+    re-raised when ``errors`` is None). See :func:`measure` for the rest.
+    """
+    size, threads = _check_timing(batch_size, input_size, threads, warmup, min_time, repeats)
+    macs_of = macs if isinstance(macs, dict) else {name: macs for name in fns}
+    if peak_gflops is None and any(v is not None for v in macs_of.values()):
+        peak_gflops = matmul_peak_gflops(threads)
+    x = batch if batch is not None else torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed))
+    clock = time.perf_counter
+    rng = random.Random(seed)
+    live = dict(fns)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    peaks: dict[str, float | None] = {}
+
+    def failed(name: str, exc: BaseException) -> None:
+        if isinstance(exc, PocketCNNError) or errors is None:
+            raise exc
+        errors[name] = exc
+        live.pop(name, None)
+
+    with _num_threads(threads), torch.inference_mode():
+        for name, fn in list(live.items()):
+            if on_step:
+                on_step(f"{name}: warm-up")
+            try:
+                with _PeakMemory() as mem:  # the first calls at this size allocate all a call needs
+                    start = clock()
+                    for i in range(warmup):
+                        if i >= 2 and clock() - start > min_time:
+                            break  # slow runtimes: two calls are enough (TorchScript optimizes in its first two)
+                        fn(x)
+                peaks[name] = mem.mb
+            except Exception as exc:  # noqa: BLE001 - e.g. a compilation that fails at the first call
+                failed(name, exc)
+        slice_s = min_time / repeats
+        for r in range(repeats):
+            if on_step:
+                on_step(f"round {r + 1}/{repeats}")
+            order = list(live)
+            rng.shuffle(order)  # a fixed order would always put the same runtime after the same neighbour
+            for name in order:
+                fn, ts = live[name], times[name]
+                try:
+                    start = clock()
+                    while True:
+                        t0 = clock()
+                        fn(x)
+                        t1 = clock()
+                        ts.append(t1 - t0)
+                        if t1 - start >= slice_s or len(ts) >= max_repeats:
+                            break
+                except Exception as exc:  # noqa: BLE001
+                    failed(name, exc)
+
+    results = []
+    for name in live:
+        ts = times[name]
+        median = statistics.median(ts)
+        ips = batch_size / median
+        m = macs_of.get(name)
+        gflops = 2 * m * ips / 1e9 if m is not None else None
+        frac = gflops / peak_gflops if gflops is not None and peak_gflops else None
+        results.append(BenchResult(model_name, name, batch_size, median * 1e3, min(ts) * 1e3, ips, peaks.get(name),
+                                   gflops, frac, threads=threads, input_size=size, runs=len(ts),
+                                   note=(notes or {}).get(name, "")))
+    return results
+
+
+def measure(
+    model_or_callable: nn.Module | Callable[[torch.Tensor], Any],
+    *,
+    batch_size: int = 1,
+    input_size: Sequence[int] = (3, 224, 224),
+    threads: int | None = None,
+    warmup: int = 3,
+    min_time: float = 1.0,
+    repeats: int = 5,
+    max_repeats: int = 10_000,
+    macs: int | None = None,
+    peak_gflops: float | None = None,
+    model_name: str | None = None,
+    runtime: str = "eager",
+    note: str = "",
+    seed: int = 0,
+) -> BenchResult:
+    """Time ``model_or_callable`` on one random ``(batch_size, *input_size)`` float32 batch.
+
+    Recipe: ``threads`` PyTorch threads (default: the current setting; ONNX Runtime
+    sessions get theirs when built), ``torch.inference_mode``, ``warmup`` untimed calls
+    (beyond the first two, only while they have taken less than ``min_time``), then timed
+    calls of the forward pass alone, nothing else in the timed region, until at least
+    ``min_time`` seconds and ``repeats`` calls (at most ``max_repeats``).
+    ``median_ms`` / ``min_ms`` are per batch; ``peak_mem_mb`` is measured over the
+    warm-up calls (the first calls at this batch size allocate everything a call needs).
+
+    ``macs`` are the mult-adds of one image; for an ``nn.Module`` (not a ``ScriptModule``)
+    they default to :func:`pocketcnn.profile`'s count, for a plain callable to unknown
+    (then ``gflops`` and ``peak_fraction`` are ``None``). ``peak_gflops`` defaults to
+    :func:`matmul_peak_gflops` in the same threads. See :class:`BenchResult` for the fields.
+    """
+    from ..optimize import OnnxRuntimeModule
+
+    size, threads = _check_timing(batch_size, input_size, threads, warmup, min_time, repeats)
+    fn = model_or_callable
+    if isinstance(fn, nn.Module):
+        fn.eval()
+        if macs is None and not isinstance(fn, (torch.jit.ScriptModule, OnnxRuntimeModule)):
+            from ..analysis import profile
+
+            macs = profile(fn, size).macs  # type: ignore[arg-type]
+    elif not callable(fn):
+        raise ConfigError(f"measure needs an nn.Module or a callable, received {type(fn).__name__}")
+    build = build_of(fn) if isinstance(fn, nn.Module) else None
+    name = model_name or (build.name if build else type(fn).__name__)
+    return measure_many({runtime: fn}, batch_size=batch_size, input_size=size, threads=threads, warmup=warmup,
+                        min_time=min_time, repeats=repeats, max_repeats=max_repeats, macs=macs,
+                        peak_gflops=peak_gflops, model_name=name, notes={runtime: note}, seed=seed)[0]
+
+

@@ -1,0 +1,32 @@
+"""The light runtime: predictions from exported ``.onnx`` files with numpy, ONNX Runtime and
+Pillow only. Nothing here imports PyTorch (a test keeps it so), so ``pocketcnn predict
+FILE.onnx`` and ``pocketcnn serve`` run on machines without it.
+
+* :mod:`~pocketcnn.runtime.images`: reading images, the training preprocessing in numpy.
+* :mod:`~pocketcnn.runtime.onnx`: the ONNX Runtime session recipe and :class:`OnnxRunner`.
+* :mod:`~pocketcnn.runtime.predictor`: :class:`Predictor`, :class:`Prediction`, :func:`open_model`.
+
+Names are loaded on first use, so ``import pocketcnn.runtime`` costs nothing.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "load_image": "images", "to_model_mode": "images", "preprocess": "images", "MAX_IMAGE_PIXELS": "images",
+    "ort_session": "onnx", "OnnxRunner": "onnx", "default_threads": "onnx",
+    "Predictor": "predictor", "Prediction": "predictor", "TopK": "predictor", "Runner": "predictor",
+    "open_model": "predictor", "softmax": "predictor",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
