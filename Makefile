@@ -1,6 +1,7 @@
 # Two entry points for a fresh clone: `make demo` and `make test`.
-# Both create .venv in the repo root, install into it, and fetch the
-# Fashion-MNIST files from Debian's package when they are missing.
+# Both create .venv in the repo root, install into it, and install what is missing on the
+# machine (Debian's Fashion-MNIST package; for the tests also Chromium and the pinned
+# ONNX Runtime Web files of the browser page).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,14 +12,22 @@ TORCH_PIN ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 endif
-EXTRAS ?= dev
+# Extras of pyproject.toml to install (train: PyTorch and the rest of the training side).
+# Each set of extras has its own stamp, so asking for more extras installs them into an
+# existing .venv (CI adds mobile, the ExecuTorch extra).
+EXTRAS ?= train,dev
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
+# The light install (no PyTorch) that `make test-light` proves.
+LIGHT_VENV := build/light-venv
+LIGHT_DIR  := build/light
 
-.PHONY: setup data demo test bench clean
-setup: $(VENV)/.installed
+.PHONY: setup data demo test test-light lint bench clean
+setup: $(STAMP)
 
-$(VENV)/.installed: pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
@@ -41,6 +50,21 @@ demo: setup data
 
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A second virtual environment with only the base install (no torch), running the light
+# tests on a model exported in the main environment.
+test-light: setup data
+	rm -rf $(LIGHT_DIR)
+	$(PY) tests/light/prepare.py $(LIGHT_DIR) > $(LIGHT_DIR).env
+	test -x $(LIGHT_VENV)/bin/python || $(PYTHON) -m venv $(LIGHT_VENV)
+	$(LIGHT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LIGHT_VENV)/bin/python -m pip install -q . pytest pytest-timeout httpx
+	@if $(LIGHT_VENV)/bin/python -m pip list 2>/dev/null | grep -qiE '^(torch|torchvision|onnx) '; then \
+	  echo "the light environment has torch or onnx installed"; exit 1; fi
+	set -a; . ./$(LIGHT_DIR).env; set +a; $(LIGHT_VENV)/bin/python -m pytest -p no:cacheprovider tests/light
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: setup
 	$(VENV)/bin/pocketcnn bench squeezenet1_1 mobilenet_v2 --reference
