@@ -54,7 +54,7 @@ test: setup data
 # A second virtual environment with only the base install (no torch), running the light
 # tests on a model exported in the main environment.
 test-light: setup data
-	rm -rf $(LIGHT_DIR)
+	rm -rf $(LIGHT_DIR) && mkdir -p build
 	$(PY) tests/light/prepare.py $(LIGHT_DIR) > $(LIGHT_DIR).env
 	test -x $(LIGHT_VENV)/bin/python || $(PYTHON) -m venv $(LIGHT_VENV)
 	$(LIGHT_VENV)/bin/python -m pip install -q --upgrade pip

@@ -41,6 +41,8 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
 
     out_dir = check_writable_dir(Path(out) if out else Path(checkpoint).parent, "evaluation report")
     ckpt = load_checkpoint(checkpoint)
+    device = torch.device("cpu") if is_int8(ckpt) else select_device("auto")  # int8 kernels are CPU ones
+    model = model_from_checkpoint(ckpt, use_ema=not no_ema, source=str(checkpoint)).to(device)  # before the data
     spec = DataSpec.from_dict(ckpt["data"]) if ckpt.get("data") else None
     cfg = ckpt.get("config", {})
     name = data or (spec.name if spec else None)
@@ -51,8 +53,6 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
     if spec is None or len(ds.classes) != spec.num_classes:
         raise ConfigError(f"{checkpoint}: model has {spec.num_classes if spec else '?'} classes, "
                           f"data set {name!r} has {len(ds.classes)}")
-    device = torch.device("cpu") if is_int8(ckpt) else select_device("auto")  # int8 kernels are CPU ones
-    model = model_from_checkpoint(ckpt, use_ema=not no_ema, source=str(checkpoint)).to(device)
     res = run_eval(model, ds, spec, batch_size=batch_size, device=device, flip_tta=tta)
     report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "data": name, "split": split, "tta": tta,
               "n": res.n, "top1": res.top1, "top5": res.top5, "loss": res.loss,

@@ -62,7 +62,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure of an untrusted file is the file's fault
-        raise CheckpointError(f"{path}: not a readable weight file ({first_line(exc, 200)})") from None
+        why = first_line(exc, 200)  # never torch's advice to unpickle an untrusted file
+        why = "" if "weights_only" in why.lower() or "weights only" in why.lower() else f" ({why})"
+        raise CheckpointError(f"{path}: not a readable weight file: expected a state dict in a .pth (tensors only) "
+                              f"or .safetensors file{why}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

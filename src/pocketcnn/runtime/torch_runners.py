@@ -58,6 +58,11 @@ class ExecuTorchRunner(TorchRunner):
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such .pte file")
+        with open(self.path, "rb") as f:  # the flatbuffer's file identifier, checked before ExecuTorch is needed
+            head = f.read(8)
+        if head[4:6] != b"ET":
+            raise CheckpointError(f"{self.path}: not an ExecuTorch program (no 'ET' file identifier at byte 4); "
+                                  "export one with 'pocketcnn export --format pte'")
         try:
             from executorch.runtime import Runtime
         except ImportError as exc:

@@ -42,6 +42,9 @@ def load_predictor(path: str | Path, *, threads: int | None = None, runtime: str
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, expected a model file ({', '.join(MODEL_SUFFIXES)})")
     if not path.is_file():
+        if not path.suffix and _is_model_name(str(path)):
+            raise ConfigError(f"model name {str(path)!r} needs --weights FILE or a weights name (see "
+                              "`pocketcnn weights`); nothing is downloaded")
         raise CheckpointError(f"{path}: no such model file")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -72,6 +75,14 @@ def load_predictor(path: str | Path, *, threads: int | None = None, runtime: str
         return predictor_from_source(load_model_source(path), runtime=runtime, threads=threads)
     raise CheckpointError(f"{path}: unknown model file type {path.suffix!r} (expected one of "
                           f"{', '.join(MODEL_SUFFIXES)})")
+
+
+def _is_model_name(name: str) -> bool:
+    try:
+        from ..models.registry import list_models
+    except ImportError:  # the light install has no model zoo
+        return False
+    return name in list_models()
 
 
 def _check_runtime(runtime: str) -> None:

@@ -173,7 +173,7 @@ def quantize_onnxruntime(source: ModelSource, images: Images, out: Path, *, per_
         fp32_path = export_onnx(source.model, Path(tmp) / "fp32.onnx", input_size=source.input_size,
                                 dynamic_batch=True, metadata=source.metadata())
         quantize_onnx(fp32_path, out, [c.numpy() for c in images.calib_batches()], per_channel=per_channel,
-                      activation_type=activation_type)
+                      activation_type=activation_type, label=str(source.path or source.name))
         fp32_run, int8_run = OnnxRunner(fp32_path, threads=threads), OnnxRunner(out, threads=threads)
         speed = speeds({"fp32": fp32_run.run, "int8": int8_run.run}, batch, threads)
         fp32 = Score(top1(fp32_run.run, images.test_x, images.test_y), fp32_path.stat().st_size, speed["fp32"])
