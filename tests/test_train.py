@@ -283,3 +283,46 @@ def test_small_input_stem_up_to_96_px(size, small):
         assert model.forward_features(torch.zeros(1, 1, size, size)).shape[-1] >= (4 if size >= 56 else 2)
     forced = build_model(TrainConfig(model="mobilenet_v3_small", model_kwargs={"small_input": not small}), spec)
     assert forced.pocketcnn_build.kwargs["small_input"] is (not small)  # the recipe's or user's choice wins
+
+
+def test_warmup_is_at_most_a_tenth_of_a_short_run_and_one_epoch_of_a_long_one():
+    from pocketcnn.train.engine import lr_factor, warmup_steps
+
+    long_run = TrainConfig(epochs=30, warmup_epochs=1.0)
+    assert warmup_steps(long_run, 100) == 100  # 1 epoch of 3,000 steps: unchanged for the long recipes
+    for epochs, steps, warm in ((3, 100, 30), (1, 78, 7), (2, 78, 15)):
+        assert warmup_steps(TrainConfig(epochs=epochs, warmup_epochs=1.0), steps) == warm
+    f = lr_factor(TrainConfig(epochs=1, warmup_epochs=1.0), 78)
+    assert f(6) < 1.0 and f(7) == pytest.approx(1.0) and f(77) < 0.01  # leaves warm-up, ends near zero
+
+
+def test_a_short_run_gets_steps_and_no_augmentation_unless_told():
+    cfg = TrainConfig.from_dict({"model": "squeezenet1_1", "batch_size": 64, "epochs": 1})
+    short = cfg.for_run_length(5000)
+    assert short.batch_size == 32 and short.augment == ()  # 78 steps at 64, 156 at 32
+    assert cfg.for_run_length(5000, fixed={"batch_size", "augment"}) == cfg
+    long_cfg = cfg.replace(epochs=10)
+    assert long_cfg.for_run_length(60000) == long_cfg  # 9,370 steps, 10 epochs: untouched
+    assert cfg.for_run_length(100).batch_size == 16  # never below MIN_BATCH
+
+
+def test_an_unready_ema_is_not_what_a_short_run_reports(tiny_data, tmp_path):
+    """15 steps of EMA at decay 0.998 is far from its 500-step window: the raw weights are evaluated and
+    exported, and the metrics say which."""
+    fit(cfg(tiny_data, tmp_path, model="mobilenet_v3_small", epochs=1, ema=True, train_samples=128))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["ema"] is not None and ckpt["ema_ready"] is False
+    assert ckpt["metrics"][-1]["evaluated"] == "raw"
+    model = model_from_checkpoint(ckpt)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][k])
+
+
+def test_cli_short_run_says_what_it_changed(tiny_data, tmp_path, cli_runner):
+    r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data,
+                                "--epochs", "1", "--train-samples", "320", "--test-samples", "40",
+                                "--out", str(tmp_path / "r"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "batch_size=16 instead of 64" in r.stderr and "augment=() instead of ('crop', 'flip')" in r.stderr
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["batch_size"] == 16 and saved["augment"] == []

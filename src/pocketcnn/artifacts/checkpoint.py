@@ -126,7 +126,8 @@ def _check_shapes(expected: Mapping[str, tuple[int, ...]], stored: Mapping[str, 
 
 def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, *, use_ema: bool = True,
                           source: str = "checkpoint") -> nn.Module:
-    """Build the checkpoint's model and load its weights (EMA weights when present).
+    """Build the checkpoint's model and load its weights (the EMA weights when present and ready:
+    a run saves ``ema_ready`` False until its EMA has averaged over its window).
 
     An int8 checkpoint (:func:`is_int8`) gives the PyTorch int8 model, which runs on the CPU.
     """
@@ -135,7 +136,8 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, *, use_ema: bool = 
         ckpt = load_checkpoint(ckpt)
     if is_int8(ckpt):
         return _int8_model(ckpt, source)
-    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["state_dict"]
+    use_ema = use_ema and ckpt.get("ema") is not None and ckpt.get("ema_ready", True)
+    state = ckpt["ema"] if use_ema else ckpt["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source}: the state dict is not a mapping of names to tensors")
     model = build_recorded(ckpt["model"], ckpt["model_kwargs"], {k: v.shape for k, v in state.items()}, source)

@@ -48,7 +48,17 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
     name = data or (spec.name if spec else None)
     if name is None:
         raise ConfigError(f"{checkpoint}: no data set recorded in the checkpoint; pass --data")
-    ds = load_dataset(name, split, data_dir or (cfg.get("data_dir") if name == cfg.get("data") else None))
+    folder = data_dir or (cfg.get("data_dir") if name == cfg.get("data") else None)
+    if cfg.get("val_split") and data is None and split == "test":  # the run's own held-out images
+        from ..train.config import TrainConfig
+        from ..train.engine import load_data
+
+        run_cfg = TrainConfig.from_dict(cfg).replace(data_dir=folder, train_samples=None, test_samples=None,
+                                                     weights=None, freeze="none", input_size=spec.image_size)
+        ds = load_data(run_cfg)[1]
+    else:
+        kw = {"image_size": spec.image_size} if name == "imagefolder" and spec else {}
+        ds = load_dataset(name, split, folder, **kw)
     ds = balanced_subset(ds, test_samples, seed=0)
     if spec is None or len(ds.classes) != spec.num_classes:
         raise ConfigError(f"{checkpoint}: model has {spec.num_classes if spec else '?'} classes, "

@@ -10,22 +10,30 @@ from click.core import ParameterSource
 
 from ..data.spec import DATASETS
 from ..errors import ConfigError, TrainingError
-from ..train.config import (AUGMENTS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, config_changes, load_config_file,
+from ..train.config import (AUGMENTS, DEVICES, FREEZE, OPTIMIZERS, SCHEDULES, TrainConfig, config_changes, load_config_file,
                             recipe)
 from .common import ModelName, echo_json, err_console
 
 # option name -> TrainConfig field, for the options that map one to one
 FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
           "weight_decay", "label_smoothing", "amp", "channels_last", "ema", "seed", "workers", "train_samples",
-          "test_samples", "out", "input_size", "device", "sync_bn", "erase_prob")
+          "test_samples", "out", "input_size", "device", "sync_bn", "erase_prob", "weights", "weights_dir", "freeze",
+          "lr_features", "val_split")
 
 
 class RichProgress:
     """Engine callbacks drawing one rich progress bar per epoch on stderr."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, verbose: bool = False) -> None:
+        self.enabled = enabled  # progress bars (a terminal)
+        self.verbose = verbose or enabled  # the set-up's choices
         self.progress = None
+
+    def on_start(self, notes: list[str]) -> None:
+        """What the set-up chose (input size, pretrained weights, frozen layers): one line each, unless quiet."""
+        if self.verbose:
+            for note in notes:
+                err_console.print(f"[dim]train:[/dim] {note}", highlight=False)
 
     def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if not self.enabled:
@@ -169,6 +177,16 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int, out: str | None =
 @click.option("--train-samples", type=click.IntRange(1), help="Class-balanced training subset size.")
 @click.option("--test-samples", type=click.IntRange(1), help="Class-balanced test subset size.")
 @click.option("--input-size", type=click.IntRange(8), help="Resize images to this side.")
+@click.option("--weights", help="Fine-tune from pretrained weights: a local .pth/.safetensors/pocketcnn checkpoint, "
+              "or a weights name such as IMAGENET1K_V1 (see `pocketcnn weights`; nothing is downloaded).")
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Where named weights are looked up (default: torch hub's cache, ~/.cache/torch/hub/checkpoints).")
+@click.option("--freeze", type=click.Choice(FREEZE), help="features: train the classifier only (a linear probe).")
+@click.option("--lr-features", type=click.FloatRange(0), help="The pretrained body's learning rate as a multiple of "
+              "--lr (e.g. 0.1), default 1.")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Hold out this class-balanced share of the training images (seeded) as the test split, e.g. "
+                   "0.1 for a single image folder.")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="Model keyword, repeatable (e.g. width_mult=0.5, bypass=simple, drop_rate=0).")
 @click.option("--device", type=click.Choice(DEVICES))
@@ -199,6 +217,14 @@ def train(ctx: click.Context, **params) -> None:
     given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     saved = load_checkpoint(params["resume"]).get("config", {}) if params["resume"] else None
     cfg = build_config(params, given, saved)
+    file_cfg = load_config_file(params["config"]) if params["config"] else {}
+    if saved is None and cfg.train_samples:  # a short run: steps, not images, and no augmentation
+        tuned = cfg.for_run_length(cfg.train_samples, fixed={*given, *file_cfg})
+        if tuned != cfg and os.environ.get("RANK", "0") == "0":
+            click.echo(f"a short run ({cfg.train_samples:,} images x {cfg.epochs} epoch(s)): " + ", ".join(
+                f"{f}={getattr(tuned, f)!r} instead of {getattr(cfg, f)!r}" for f in ("batch_size", "augment")
+                if getattr(tuned, f) != getattr(cfg, f)) + " (pass --batch-size / --augment to choose)", err=True)
+        cfg = tuned
     if not params["resume"] and not params["force"] and "WORLD_SIZE" not in os.environ and cfg.out is None \
             and existing_run(cfg.out_dir):
         earlier = cfg.out_dir
@@ -216,7 +242,8 @@ def train(ctx: click.Context, **params) -> None:
             "; the run continues under the new settings (a changed schedule changes the learning rate "
             "from the next step on)", err=True)
     show = rank0 and not params["quiet"] and err_console.is_terminal
-    result = fit(cfg, RichProgress(show), resume=params["resume"], overwrite=params["force"])
+    result = fit(cfg, RichProgress(show, verbose=rank0 and not params["quiet"]), resume=params["resume"],
+                 overwrite=params["force"])
     if not rank0:
         return
     learning_curves({result.model: result.metrics}, cfg.out_dir / "curves.png")

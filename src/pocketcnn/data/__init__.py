@@ -13,7 +13,7 @@ _LAZY = {
     "imagenet_spec": "spec",
     "DATASETS": "spec", "DEFAULT_FASHION_MNIST_DIR": "datasets", "ENV_VAR": "datasets",
     "LabeledSubset": "datasets", "TensorImageDataset": "datasets", "balanced_subset": "datasets",
-    "dataset_spec": "datasets", "load_dataset": "datasets", "resolve_data_dir": "datasets",
+    "dataset_spec": "datasets", "split_balanced": "datasets", "load_dataset": "datasets", "resolve_data_dir": "datasets",
     "verify_fashion_mnist": "datasets",
     "augment_batch": "transforms", "normalize_batch": "transforms", "pil_to_input": "transforms",
 }

@@ -119,7 +119,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     ``ImageFolder`` yielding ``(uint8 (3, S, S), label)`` with ``S = image_size`` (default 224).
     """
     _check_name(name)
-    splits = ("train", "test", "val") if name == "imagefolder" else ("train", "test")
+    splits = ("train", "test", "val", "all") if name == "imagefolder" else ("train", "test")
     if split not in splits:
         raise DataError(f"unknown split {split!r} for {name!r}. Choices: {', '.join(splits)}")
     root = resolve_data_dir(name, data_dir)
@@ -167,6 +167,32 @@ def balanced_subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
     if isinstance(dataset, TensorImageDataset):
         return TensorImageDataset(dataset.data[indices], dataset.targets[indices], dataset.classes)
     return LabeledSubset(dataset, indices.tolist())
+
+
+def split_balanced(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """``(train, held out)``: ``round(fraction * n_c)`` random images of each class ``c`` (at least one
+    when the class has two or more) are held out. Deterministic for a given ``seed``; both keep
+    the data set's order."""
+    if not 0 < fraction < 1:
+        raise DataError(f"the held-out share must be in (0, 1), received {fraction!r}")
+    targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    held = []
+    for c in range(len(dataset.classes)):
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        k = max(1, round(fraction * len(idx))) if len(idx) >= 2 else 0
+        held.append(idx[:k])
+    out = torch.zeros(len(targets), dtype=torch.bool)
+    out[torch.cat(held)] = True
+    if out.all() or not out.any():
+        raise DataError(f"cannot hold out {fraction:.0%} of {len(targets)} images: one side would be empty")
+    parts = []
+    for mask in (~out, out):
+        indices = torch.nonzero(mask).flatten()
+        parts.append(TensorImageDataset(dataset.data[indices], dataset.targets[indices], dataset.classes)
+                     if isinstance(dataset, TensorImageDataset) else LabeledSubset(dataset, indices.tolist()))
+    return parts[0], parts[1]
 
 
 # ---------------------------------------------------------------- IDX (Fashion-MNIST, MNIST)
@@ -393,7 +419,7 @@ def _load_image_folder(root: Path, split: str, image_size: int) -> Dataset:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    folder = root / split
+    folder = root if split == "all" else root / split  # "all": root's own class folders (split with val_split)
     if not folder.is_dir() and split in ("test", "val"):
         folder = root / ("val" if split == "test" else "test")
     if not folder.is_dir():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "constant")
 AUGMENTS = ("crop", "flip", "erase")
 DEVICES = ("auto", "cpu", "cuda")
+FREEZE = ("none", "features")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     out: str | None = None  # default: runs/<model>
+    # fine-tuning (train/finetune.py): start from a weight file (path) or named weights (IMAGENET1K_V1)
+    weights: str | None = None
+    weights_dir: str | None = None  # where named weights are looked up (default: torch hub's cache)
+    freeze: str = "none"  # "features": only the classifier trains (a linear probe)
+    lr_features: float = 1.0  # the pretrained body's learning rate, as a multiple of lr
+    val_split: float | None = None  # hold out this class-balanced share of the training images as the test split
 
     def __post_init__(self) -> None:
         model_config(self.model)  # unknown name -> UnknownModelError with close matches
@@ -86,6 +94,13 @@ class TrainConfig:
             raise ConfigError(f"erase_prob must be in [0, 1], received erase_prob={self.erase_prob!r}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), received ema_decay={self.ema_decay!r}")
+        _choice("freeze", self.freeze, FREEZE)
+        if not (isinstance(self.lr_features, (int, float)) and self.lr_features >= 0):
+            raise ConfigError(f"lr_features must be a number >= 0, received lr_features={self.lr_features!r}")
+        if self.val_split is not None and not (isinstance(self.val_split, (int, float)) and 0 < self.val_split < 1):
+            raise ConfigError(f"val_split must be in (0, 1), received val_split={self.val_split!r}")
+        if self.freeze != "none" and self.weights is None:
+            raise ConfigError(f"freeze={self.freeze!r} keeps pretrained features: it needs weights (--weights)")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, received workers={self.workers!r}")
 
@@ -112,7 +127,33 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
+    def for_run_length(self, train_images: int, fixed: Collection[str] = ()) -> TrainConfig:
+        """This config fitted to a short run over ``train_images`` images, except the ``fixed`` fields (the
+        ones a user set): a smaller batch until the run has :data:`MIN_STEPS` steps
+        (:meth:`batch_for_steps`), and no augmentation when each image is seen at most
+        :data:`SHORT_RUN_EPOCHS` times, since such a run cannot over-fit. Measured on squeezenet1_1,
+        5,000 images, 1 epoch, batch 32: 64.7% with crop and flip, 65.8% with flip only, 70.5% without."""
+        changes: dict[str, Any] = {}
+        if "batch_size" not in fixed:
+            changes["batch_size"] = self.batch_for_steps(train_images)
+        if "augment" not in fixed and self.epochs <= SHORT_RUN_EPOCHS:
+            changes["augment"] = ()
+        return self.replace(**changes)
 
+    def batch_for_steps(self, train_images: int) -> int:
+        """The batch size for a run over ``train_images`` images: ``batch_size`` halved (never below
+        :data:`MIN_BATCH`) until the run has at least :data:`MIN_STEPS` optimizer steps. A short run
+        learns from steps, not from images: squeezenet1_1 on 5,000 images for 1 epoch reached 55.7%
+        top-1 at its recipe's batch 64 (78 steps) and 64.7% at batch 32 (156 steps)."""
+        bs = self.batch_size
+        while bs // 2 >= MIN_BATCH and self.epochs * (train_images // bs) < MIN_STEPS:
+            bs //= 2
+        return bs
+
+
+SHORT_RUN_EPOCHS = 2  # runs of at most this many epochs train without augmentation (for_run_length)
+MIN_STEPS = 150  # a run with fewer optimizer steps gets a smaller batch (TrainConfig.batch_for_steps)
+MIN_BATCH = 16
 RESUME_NEUTRAL = ("out", "device")  # fields a resumed run may change without changing what it computes
 
 

@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import DataSpec, TensorImageDataset, augment_batch, balanced_subset, dataset_spec, load_dataset
+from ..data import split_balanced
 from ..data import normalize_batch
 from ..errors import CheckpointError, ConfigError, OutputError, PocketCNNError, TrainingError
 from ..artifacts.checkpoint import load_checkpoint, save_checkpoint
@@ -31,6 +32,7 @@ from ..fileio import atomic_write_text, check_writable_dir
 from ..models.registry import build_of, create_model
 from . import distributed as D
 from .config import TrainConfig
+from .finetune import HeadOnly, features_to_eval, freeze_features, load_pretrained, param_groups
 
 
 class Interrupted(PocketCNNError):
@@ -83,17 +85,37 @@ def select_device(name: str) -> torch.device:
 
 
 def load_data(cfg: TrainConfig) -> tuple[Any, Any, DataSpec]:
-    train = load_dataset(cfg.data, "train", cfg.data_dir)
-    test = load_dataset(cfg.data, "test", cfg.data_dir)
+    """Training and test sets (or a class-balanced ``val_split`` of the training images) and the run's
+    preprocessing: the data set's, resized to ``input_size``, or the pretrained weights' (``weights``)."""
+    from .finetune import pretrained_data_spec, pretrained_state
+
+    weights_spec = pretrained_state(cfg)[1] if cfg.weights else None
+    size = cfg.input_size or (weights_spec.image_size if weights_spec else None)
+    kw = {"image_size": size} if cfg.data == "imagefolder" and size else {}
+    if cfg.val_split:
+        whole = load_dataset(cfg.data, "train" if _has_train_split(cfg) else "all", cfg.data_dir, **kw)
+        train, test = split_balanced(whole, cfg.val_split, cfg.seed)
+    else:
+        train = load_dataset(cfg.data, "train", cfg.data_dir, **kw)
+        test = load_dataset(cfg.data, "test", cfg.data_dir, **kw)
     for key, ds, split in (("train_samples", train, "training"), ("test_samples", test, "test")):
         n = getattr(cfg, key)
         if n is not None and n > len(ds):
             raise ConfigError(f"{key}={n} is more than the {len(ds):,} {split} images of {cfg.data}; "
                               f"pass at most {len(ds)} (or leave it out for all of them)")
     spec = dataset_spec(cfg.data, train)
-    if cfg.input_size:
+    if weights_spec is not None:
+        spec = pretrained_data_spec(spec, weights_spec, cfg.input_size)
+    elif cfg.input_size:
         spec = DataSpec(spec.name, spec.num_classes, spec.in_chans, cfg.input_size, spec.mean, spec.std, spec.classes)
     return balanced_subset(train, cfg.train_samples, cfg.seed), balanced_subset(test, cfg.test_samples, cfg.seed), spec
+
+
+def _has_train_split(cfg: TrainConfig) -> bool:
+    """Whether an image folder has a train/ subfolder (else its class folders are the data set itself)."""
+    from ..data import resolve_data_dir
+
+    return cfg.data != "imagefolder" or (resolve_data_dir(cfg.data, cfg.data_dir) / "train").is_dir()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -169,7 +191,8 @@ def build_model(cfg: TrainConfig, spec: DataSpec) -> nn.Module:
     total stride 32 their last feature maps would be 3x3 or smaller (3x3 at 72 px, 2x2 at 56),
     too coarse for the pooling head; from 97 px on, stride 32 leaves 4x4 or more."""
     kwargs = dict(cfg.model_kwargs)
-    kwargs.setdefault("small_input", spec.image_size <= SMALL_INPUT_MAX)
+    # pretrained weights have the ImageNet stem: the small-input one has another first convolution
+    kwargs.setdefault("small_input", spec.image_size <= SMALL_INPUT_MAX and cfg.weights is None)
     return create_model(cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans, **kwargs)
 
 
@@ -190,10 +213,9 @@ def iterate(dataset, indices: list[int], batch_size: int, workers: int, skip: in
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on biases and BN
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """The configured optimizer over :func:`~pocketcnn.train.finetune.param_groups` (no weight decay on
+    biases and batch norm; the pretrained body at ``lr * lr_features``; frozen parameters left out)."""
+    groups = param_groups(cfg, model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adamw":
@@ -201,10 +223,21 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, eps=0.0316, momentum=cfg.momentum)
 
 
-def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine to zero or x0.1 steps at 50% and 75%, per optimizer step."""
+WARMUP_MAX_SHARE = 0.1  # warm-up takes at most this share of a run's steps
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``warmup_epochs`` of steps, but at most :data:`WARMUP_MAX_SHARE` of the run: a 30-epoch run
+    warms up for its first epoch (3%), a 3-epoch run for 10% of its steps instead of a third, a
+    1-epoch run for 10% instead of all of them (it used to end still warming up, at 36% top-1)."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    return min(int(cfg.warmup_epochs * steps_per_epoch), int(WARMUP_MAX_SHARE * total))
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up (:func:`warmup_steps`), then cosine to zero or x0.1 steps at 50% and 75%, per optimizer step."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = warmup_steps(cfg, steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warm:
@@ -329,6 +362,7 @@ class RunState:
     step: int = 0  # optimizer steps so far
     partial: tuple[float, int, int] = (0.0, 0, 0)  # loss sum, correct, seen of an interrupted epoch
     ips: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the set-up chose (input size, pretrained weights...)
 
     @property
     def out_dir(self) -> Path:
@@ -347,8 +381,14 @@ class RunState:
         return self.dist.is_main and self.save
 
     @property
+    def ema_ready(self) -> bool:
+        """Whether the EMA has averaged over its window (``1 / (1 - decay)`` steps, 500 at 0.998). Until
+        then a run evaluates and exports its raw weights: a short run's EMA still leans on early ones."""
+        return self.ema is not None and int(self.ema.n_averaged) >= round(1 / (1 - self.cfg.ema_decay))
+
+    @property
     def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.core
+        return self.ema.module if self.ema_ready else self.core
 
     @property
     def best_top1(self) -> float:
@@ -362,7 +402,7 @@ class RunState:
         save_checkpoint(self.last, {
             "model": self.name, "model_kwargs": self.model_kwargs, "state_dict": self.core.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
-            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0, "ema_ready": self.ema_ready,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rng": _rng_state(self.gen), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": self.step,
@@ -371,8 +411,10 @@ class RunState:
         })
 
 
-def setup_run(cfg: TrainConfig, *, model: nn.Module | None = None, save: bool = True) -> RunState:
-    """Device, process group, data, model, optimizer, schedule, EMA and mixed precision for ``cfg``."""
+def setup_run(cfg: TrainConfig, *, model: nn.Module | None = None, save: bool = True,
+              pretrained: bool = True) -> RunState:
+    """Device, process group, data, model (with ``cfg.weights`` loaded when ``pretrained``), optimizer,
+    schedule, EMA and mixed precision for ``cfg``."""
     device = select_device(cfg.device)
     dist = D.setup(device.type)
     if device.type == "cuda":
@@ -389,6 +431,14 @@ def setup_run(cfg: TrainConfig, *, model: nn.Module | None = None, save: bool = 
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training samples")
     model = model if model is not None else build_model(cfg, spec)
     build = build_of(model)
+    notes = [f"input {spec.in_chans}x{spec.image_size}x{spec.image_size}, mean {[round(m, 4) for m in spec.mean]}, "
+             f"std {[round(s, 4) for s in spec.std]}"]
+    if cfg.weights and pretrained:
+        notes += load_pretrained(model, cfg)
+    if cfg.freeze == "features":
+        notes.append(f"features frozen: {freeze_features(model):,} parameters; only the classifier trains")
+    elif cfg.weights and cfg.lr_features != 1.0:
+        notes.append(f"the pretrained body learns at {cfg.lr_features:g} x lr")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -399,12 +449,13 @@ def setup_run(cfg: TrainConfig, *, model: nn.Module | None = None, save: bool = 
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True) if cfg.ema else None
     amp = amp_enabled(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist.enabled else model
+    trained = HeadOnly(model) if cfg.freeze == "features" else model
+    net = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist.enabled else trained
     return RunState(cfg, device, dist, spec, train_ds, test_ds, sampler, local_bs, steps_per_epoch, model, net,
                     build.name if build else cfg.model, dict(build.kwargs) if build else {}, optimizer, scheduler,
                     ema, scaler, amp, torch.Generator().manual_seed(cfg.seed + 7919 * dist.rank),
-                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), save)
+                    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), save, notes=notes)
 
 
 def restore(state: RunState, resume: str | Path) -> None:
@@ -446,6 +497,8 @@ def train_epoch(state: RunState, epoch: int, stop: _StopFlag, callbacks: Callbac
     state.sampler.set_epoch(epoch)
     indices = list(state.sampler)
     state.net.train()
+    if cfg.freeze == "features":
+        features_to_eval(state.core)
     if callbacks and dist.is_main:
         callbacks.on_epoch_start(epoch + 1, cfg.epochs, state.steps_per_epoch)
     t0 = time.perf_counter()
@@ -466,7 +519,8 @@ def train_epoch(state: RunState, epoch: int, stop: _StopFlag, callbacks: Callbac
         x = augment_batch(x, crop_padding=cfg.crop_padding if "crop" in cfg.augment else 0,
                           hflip="flip" in cfg.augment, erase=cfg.erase_prob if "erase" in cfg.augment else 0.0,
                           generator=state.gen)
-        x = normalize_batch(x, state.spec.mean, state.spec.std, size=cfg.input_size, channels_last=cfg.channels_last)
+        x = normalize_batch(x, state.spec.mean, state.spec.std, size=state.spec.image_size,
+                            channels_last=cfg.channels_last)
         out, loss = forward_loss(state.net, x, y, state.criterion, state.amp)
         if D.any_flags([not torch.isfinite(loss).item()], dist, device)[0]:
             raise TrainingError(
@@ -504,6 +558,7 @@ def end_epoch(state: RunState, epoch: int, totals: EpochTotals, callbacks: Callb
          "train_top1": 100 * sums[1].item() / max(sums[2].item(), 1), "test_top1": res.top1,
          "test_top5": res.top5, "test_loss": res.loss, "test_images": res.n,
          "lr": state.optimizer.param_groups[0]["lr"], "epoch_seconds": round(time.perf_counter() - totals.started, 3),
+         "evaluated": "ema" if state.ema_ready else "raw",
          "images_per_s": round(ips, 1)}
     state.metrics.append(m)
     state.checkpoint(epoch + 1, 0)
@@ -537,9 +592,11 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
                               f"pass --force to replace it, --resume {cfg.out_dir / 'last.pt'} to continue it, "
                               "or another --out")
         check_writable_dir(cfg.out_dir, "training run")
-    state = setup_run(cfg, model=model, save=save)
+    state = setup_run(cfg, model=model, save=save, pretrained=not resume)
     if resume:
         restore(state, resume)
+    if callbacks and state.dist.is_main and hasattr(callbacks, "on_start"):
+        callbacks.on_start(state.notes)
     if state.writes:
         state.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(state.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state.metrics))
