@@ -163,8 +163,8 @@ def test_export_fails_loudly_when_the_file_disagrees(tmp_path, monkeypatch):
 def test_bad_values_are_user_errors(tmp_path):
     with pytest.raises(ConfigError, match="opset=3"):
         export_onnx(tiny_source().model, tmp_path / "m.onnx", input_size=(1, 28, 28), opset=3)
-    with pytest.raises(ConfigError, match="format='tflite'"):
-        export_model(tiny_source(), tmp_path / "m.tflite", format="tflite")
+    with pytest.raises(ConfigError, match="format='keras'"):
+        export_model(tiny_source(), tmp_path / "m.keras", format="keras")
     with pytest.raises(ConfigError, match="needs --weights"):
         load_model_source("squeezenet1_1")
     with pytest.raises(CheckpointError, match="no such checkpoint"):

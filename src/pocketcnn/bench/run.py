@@ -75,7 +75,7 @@ class BenchReport:
 
     def best(self, model: str, batch_size: int, runtimes: Sequence[str] = ()) -> BenchResult | None:
         """The fastest record of ``model`` at ``batch_size`` among ``runtimes`` (default: pocketcnn fp32 ones)."""
-        allowed = set(runtimes) or {r for r in RUNTIMES if r not in INT8_RUNTIMES}
+        allowed = set(runtimes) or {r for r in RUNTIMES if r not in (*INT8_RUNTIMES, "litert-int8")}
         cells = [r for r in self.results if r.model == model and r.batch_size == batch_size and r.runtime in allowed]
         return max(cells, key=lambda r: r.images_per_s, default=None)
 

@@ -14,7 +14,10 @@ Runtimes (``RUNTIMES``), each taking the same ``(N, C, H, W)`` float32 batch:
 - ``onnxruntime``: the BN-folded model exported to ONNX, one ONNX Runtime session with
   the same recipe as the reference (all graph optimizations, ``threads`` intra-op threads);
 - ``onnxruntime-int8`` / ``torch-int8``: INT8 models from :mod:`pocketcnn.compress.quantize`
-  (calibrated on random inputs: their speed is meaningful, their accuracy is not).
+  (calibrated on random inputs: their speed is meaningful, their accuracy is not);
+- ``litert`` / ``litert-int8``: the model as a ``.tflite`` file (:mod:`pocketcnn.export.tflite`: fp32,
+  or full-integer INT8 calibrated on random inputs) in the LiteRT interpreter with XNNPACK and
+  ``threads`` threads (extra ``pocketcnn[litert]``; skipped with that reason when missing).
 
 References: ``torchvision-eager`` and ``torchvision-onnxruntime`` (torchvision's model
 exported and run with the same session recipe as ``onnxruntime``).
@@ -44,6 +47,8 @@ RUNTIMES: dict[str, str] = {
     "onnxruntime": "ONNX Runtime on the BN-folded export, one session",
     "onnxruntime-int8": "ONNX Runtime, INT8 model from pocketcnn.compress.quantize",
     "torch-int8": "PyTorch INT8 model from pocketcnn.compress.quantize",
+    "litert": "LiteRT interpreter (XNNPACK), fp32 .tflite from litert-torch, NHWC input",
+    "litert-int8": "LiteRT interpreter (XNNPACK), full-integer INT8 .tflite (litert-torch PT2E)",
 }
 REFERENCE_RUNTIMES: dict[str, str] = {
     "torchvision-eager": "torchvision's model, PyTorch eager",
@@ -51,6 +56,7 @@ REFERENCE_RUNTIMES: dict[str, str] = {
 }
 INT8_RUNTIMES = ("onnxruntime-int8", "torch-int8")
 DEFAULT_RUNTIMES = ("eager", "optimized", "onnxruntime", *INT8_RUNTIMES)  # int8 ones only when available
+LITERT_RUNTIMES = ("litert", "litert-int8")  # asked for by name: they need pocketcnn[litert]
 
 @dataclass(frozen=True)
 class Runtime:
@@ -153,7 +159,25 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
         from ..compress import quantize
         qmodel = quantize.quantize_torch(copy.deepcopy(model), _calibration(input_size))
         return Runtime(name, qmodel, RUNTIMES[name] + " (calibrated on random inputs: speed only)")
+    if name in LITERT_RUNTIMES:
+        return _litert_runtime(name, model, input_size, threads, workdir / f"{tag}.tflite")
     raise ConfigError(f"unknown runtime {name!r}. Valid runtimes: {', '.join([*RUNTIMES, *REFERENCE_RUNTIMES])}")
+
+
+def _litert_runtime(name: str, model: nn.Module, input_size: tuple[int, int, int], threads: int, path: Path) -> Runtime:
+    """The model exported to ``.tflite`` (int8: calibrated on random inputs) in a LiteRT interpreter."""
+    from ..errors import MissingDependencyError
+    from ..export.tflite import export_tflite
+    from ..runtime.litert import LiteRtRunner
+
+    calib = _calibration(input_size) if name == "litert-int8" else None
+    try:
+        export_tflite(model, path, input_size=input_size, calib_batches=calib, calibration="random inputs")
+        runner = LiteRtRunner(path, threads=threads)
+    except MissingDependencyError as exc:
+        raise RuntimeUnavailable(str(exc)) from None
+    note = RUNTIMES[name] + (" (calibrated on random inputs: speed only)" if calib else "")
+    return Runtime(name, lambda x: runner.run(x.numpy()), note)
 
 
 def reference_model(name: str) -> nn.Module | None:

@@ -27,7 +27,8 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 @click.option("--runtimes", default=None, metavar="LIST",
               help="Comma-separated runtimes (default: eager,optimized,onnxruntime, plus the INT8 ones when "
                    "available). Valid: eager, channels_last, compiled, optimized, optimized-torch, onnxruntime, "
-                   "onnxruntime-int8, torch-int8, torchvision-eager, torchvision-onnxruntime.")
+                   "onnxruntime-int8, torch-int8, litert, litert-int8 (LiteRT .tflite with XNNPACK, needs "
+                   "pocketcnn[litert]), torchvision-eager, torchvision-onnxruntime.")
 @click.option("--batch-sizes", default="1,32", show_default=True, callback=_int_list, metavar="LIST",
               help="Comma-separated batch sizes.")
 @click.option("--threads", type=click.IntRange(1), default=None,

@@ -23,7 +23,7 @@ from .common import echo_json, err_console, out_console
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list: per image {image, topk: [{index, label, prob}]} or {image, error}.")
 def predict(model, images, weights, topk, threads, runtime, as_json) -> None:
-    """Classify IMAGES with MODEL: a .pt checkpoint, .onnx (fp32/int8), .pte, .pt2 or .pcz file,
+    """Classify IMAGES with MODEL: a .pt checkpoint, .onnx (fp32/int8), .tflite, .pte, .pt2 or .pcz file,
     or a model NAME with --weights (ImageNet).
 
     An image that cannot be read gets a one-line error; the others are still classified,

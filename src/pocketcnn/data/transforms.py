@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +120,21 @@ def pil_to_input(img: Image.Image, spec: DataSpec) -> torch.Tensor:
     resize = v2.Compose([v2.Resize(spec.resize_size, antialias=True), v2.CenterCrop(spec.image_size),
                          v2.PILToTensor()])
     return normalize_batch(resize(img)[None], spec.mean, spec.std)[0]
+
+
+def load_images(name: str, split: str, n: int | None, data: DataSpec, data_dir: str | Path | None = None, *,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` class-balanced images of ``split`` (all with None), normalized with ``data``'s preprocessing
+    (float32 ``(n, C, S, S)``), and their labels: what calibration and scoring use."""
+    from .datasets import balanced_subset, load_dataset
+
+    kwargs = {"image_size": data.image_size} if name == "imagefolder" else {}
+    ds = balanced_subset(load_dataset(name, split, data_dir, **kwargs), n, seed=seed)
+    if hasattr(ds, "data"):
+        x, y = ds.data, torch.as_tensor(ds.targets)
+    else:
+        items = [ds[i] for i in range(len(ds))]
+        x, y = torch.stack([t for t, _ in items]), torch.tensor([int(t) for _, t in items])
+    if x.shape[1] != data.in_chans:
+        raise DataError(f"data set {name!r} has {x.shape[1]} channels but the model takes {data.in_chans}")
+    return normalize_batch(x, data.mean, data.std, size=data.image_size), y

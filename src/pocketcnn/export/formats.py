@@ -1,5 +1,6 @@
 """The export formats and their file suffixes (torch-free, so the CLI can list them cheaply)."""
 from __future__ import annotations
 
-FORMATS = ("onnx", "pt2", "pte")
-SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "pte": ".pte"}
+FORMATS = ("onnx", "pt2", "pte", "tflite", "coreml")
+SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "pte": ".pte", "tflite": ".tflite", "coreml": ".mlpackage"}
+EXTRA = {"pte": "mobile", "tflite": "litert", "coreml": "mobile"}  # the optional extra each format needs

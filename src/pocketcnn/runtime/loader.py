@@ -1,7 +1,7 @@
 """``open_runtime``: the runner for an exported model file, chosen by its suffix.
 
-``.onnx`` runs in ONNX Runtime (torch-free); ``.pte`` (ExecuTorch) and ``.pt2``
-(``torch.export``) need PyTorch, imported only for them.
+``.onnx`` runs in ONNX Runtime and ``.tflite`` in the LiteRT interpreter (both torch-free);
+``.pte`` (ExecuTorch) and ``.pt2`` (``torch.export``) need PyTorch, imported only for them.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ExportError
 
-EXPORTED_SUFFIXES = (".onnx", ".pte", ".pt2")
+EXPORTED_SUFFIXES = (".onnx", ".tflite", ".pte", ".pt2")
 
 
 def open_runtime(path: str | Path, *, threads: int | None = None) -> Any:
@@ -21,6 +21,10 @@ def open_runtime(path: str | Path, *, threads: int | None = None) -> Any:
         from .onnx import OnnxRunner
 
         return OnnxRunner(path, threads=threads)
+    if suffix == ".tflite":
+        from .litert import LiteRtRunner
+
+        return LiteRtRunner(path, threads=threads)
     if suffix == ".pte":
         from .torch_runners import ExecuTorchRunner
 

@@ -4,7 +4,7 @@
 ``max_batch`` and ``run``) and a :class:`~pocketcnn.data.spec.DataSpec`. Each image is
 judged on its own: a missing, unreadable, truncated or oversized image gives a
 :class:`Prediction` with ``error`` set while the other images are still predicted.
-:func:`open_model` builds one for an ``.onnx`` file.
+:func:`open_model` builds one for an ``.onnx`` or ``.tflite`` file.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ OTHER_LOADERS = {
     ".pt": "a PyTorch checkpoint", ".pth": "a PyTorch checkpoint", ".pcz": "a compressed (.pcz) model",
     ".pt2": "a torch.export archive", ".pte": "an ExecuTorch program",
 }
+LIGHT_SUFFIXES = (".onnx", ".tflite")  # what open_model opens: ONNX Runtime, the LiteRT interpreter
 
 
 @dataclass(frozen=True)
@@ -162,23 +163,34 @@ class Predictor:
 
 
 def open_model(path: str | Path, threads: int | None = None, *, spinning: bool = True) -> Predictor:
-    """A :class:`Predictor` for an ``.onnx`` file (fp32 or int8) in ONNX Runtime, with the
-    preprocessing and class names its metadata carries (``threads``, ``spinning``: see
+    """A :class:`Predictor` for an ``.onnx`` file (fp32 or int8) in ONNX Runtime or a ``.tflite``
+    file (fp32 or int8) in the LiteRT interpreter, with the preprocessing and class names its
+    metadata carries (``threads``; ``spinning``, ONNX Runtime only: see
     :func:`~pocketcnn.runtime.onnx.ort_session`). One-line CheckpointError for a missing
-    file, another format, or a file without pocketcnn metadata."""
-    from .onnx import OnnxRunner
-
+    file, another format, or a file without pocketcnn metadata; MissingDependencyError for a
+    ``.tflite`` file without ai-edge-litert installed."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix != ".onnx":
+    if suffix not in LIGHT_SUFFIXES:
         what = OTHER_LOADERS.get(suffix)
         if what is not None:
             raise CheckpointError(f"{path}: {what}, which the light runtime does not open: use "
                                   "pocketcnn.load_predictor (needs PyTorch, the full install), or export it to "
                                   "ONNX with 'pocketcnn export'")
-        raise CheckpointError(f"{path}: unknown model file type {path.suffix!r} (the light runtime opens .onnx files)")
+        if suffix == ".mlpackage":
+            raise CheckpointError(f"{path}: a Core ML package, which runs only on Apple systems (through Core ML); "
+                                  "pocketcnn predicts with .onnx or .tflite files")
+        raise CheckpointError(f"{path}: unknown model file type {path.suffix!r} (the light runtime opens "
+                              f"{' and '.join(LIGHT_SUFFIXES)} files)")
     if not path.is_file():
         raise CheckpointError(f"{path}: {'is a folder, not' if path.is_dir() else 'no such'} model file")
-    runner = OnnxRunner(path, threads=threads, spinning=spinning)
+    if suffix == ".tflite":
+        from .litert import LiteRtRunner
+
+        runner: Runner = LiteRtRunner(path, threads=threads)
+    else:
+        from .onnx import OnnxRunner
+
+        runner = OnnxRunner(path, threads=threads, spinning=spinning)
     spec = require_data(runner.metadata, str(path))
     return Predictor(runner, spec, source=str(path), model=str(runner.metadata.get("model", "")))

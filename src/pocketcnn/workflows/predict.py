@@ -26,12 +26,12 @@ from ..runtime.predictor import Prediction, Predictor, TopK
 __all__ = ["load_predictor", "predictor_from_source", "fp32_runner", "Prediction", "Predictor", "TopK",
            "load_image", "to_model_mode", "MODEL_SUFFIXES", "FP32_PATHS"]
 
-MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".pte", ".pt2", ".pcz")
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".tflite", ".pte", ".pt2", ".pcz")
 FP32_PATHS = ("auto", "torch", "onnxruntime")  # how a model held as PyTorch weights is run
 
 
 def load_predictor(path: str | Path, *, threads: int | None = None, runtime: str = "auto") -> Predictor:
-    """A :class:`Predictor` for a model file: ``.onnx``, ``.pte``, ``.pt2``, ``.pt`` checkpoint (fp32 or
+    """A :class:`Predictor` for a model file: ``.onnx``, ``.tflite``, ``.pte``, ``.pt2``, ``.pt`` checkpoint (fp32 or
     int8) or ``.pcz``. A missing or unreadable file is a one-line CheckpointError.
 
     ``runtime`` (one of :data:`FP32_PATHS`) applies to fp32 checkpoints and ``.pcz`` files (see the
@@ -47,7 +47,7 @@ def load_predictor(path: str | Path, *, threads: int | None = None, runtime: str
                               "`pocketcnn weights`); nothing is downloaded")
         raise CheckpointError(f"{path}: no such model file")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    if suffix in (".onnx", ".tflite"):  # the light runtime: ONNX Runtime, the LiteRT interpreter
         from ..runtime.predictor import open_model
 
         return open_model(path, threads=threads)

@@ -19,8 +19,9 @@ import torch
 from ..artifacts.source import ModelSource, default_out
 from ..compress.quantize import (ACTIVATION_TYPE, BACKENDS, qat_torch, quantize_onnx, quantize_torch,
                                  state_dict_bytes)
-from ..data.spec import DATASETS, DataSpec
-from ..errors import ConfigError, DataError
+from ..data.spec import DATASETS
+from ..data.transforms import load_images
+from ..errors import ConfigError
 from ..fileio import check_output
 
 SPEED_BATCH = 32
@@ -77,23 +78,6 @@ class Images:
 
     def calib_batches(self) -> list[torch.Tensor]:
         return [self.calib[i:i + SPEED_BATCH] for i in range(0, len(self.calib), SPEED_BATCH)]
-
-
-def load_images(name: str, split: str, n: int, data: DataSpec, data_dir: str | Path | None,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` balanced images of ``split``, normalized with ``data``'s preprocessing, and their labels."""
-    from ..data import balanced_subset, load_dataset, normalize_batch
-
-    kwargs = {"image_size": data.image_size} if name == "imagefolder" else {}
-    ds = balanced_subset(load_dataset(name, split, data_dir, **kwargs), n, seed=seed)
-    if hasattr(ds, "data"):
-        x, y = ds.data, torch.as_tensor(ds.targets)
-    else:
-        items = [ds[i] for i in range(len(ds))]
-        x, y = torch.stack([t for t, _ in items]), torch.tensor([int(t) for _, t in items])
-    if x.shape[1] != data.in_chans:
-        raise DataError(f"data set {name!r} has {x.shape[1]} channels but the model takes {data.in_chans}")
-    return normalize_batch(x, data.mean, data.std, size=data.image_size), y
 
 
 def top1(run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
