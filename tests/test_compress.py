@@ -156,6 +156,12 @@ def test_sensitivity_scan_holds_back_the_sensitive_layer():
     assert list(rows[0].tried) == pytest.approx([0.67, 0.5025, 0.335, 0.1675]) and stem.numel() == rows[0].weights
     with pytest.raises(ConfigError, match="tolerance=-1"):
         sensitivity_scan(model, 0.67, probe, tolerance=-1)
+    # the same model above chance (10 classes) is scanned; at chance it has nothing to protect
+    assert sensitivity_scan(model, 0.67, probe, tolerance=20.0, chance=10.0)[1] == rows
+    logged: list[str] = []
+    base, rows = sensitivity_scan(model, 0.67, lambda m: probe(m) - 78.0, chance=10.0, log=logged.append)
+    assert base == 12.0 and {r.chosen for r in rows} == {0.67} and all(r.tried == {} for r in rows)
+    assert len(logged) == 1 and "within 5 points of chance (10.00%)" in logged[0]
 
 
 def test_mask_guard_keeps_pruned_weights_zero_through_sgd():

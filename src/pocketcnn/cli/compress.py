@@ -76,7 +76,7 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
                           f"{bits}-bit codebooks, {finetune_epochs} fine-tuning epoch(s) per round and stage")
     result = deep_compress(model.cpu(), sparsity=sparsity, prune_steps=prune_steps, bits=bits, bits_fc=bits_fc,
                            finetune=finetune if finetune_epochs else None, evaluate=accuracy,
-                           probe=probe, tolerance=tolerance,
+                           probe=probe, tolerance=tolerance, chance=100.0 / spec.num_classes,
                            log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
     result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
     file_bytes = path.stat().st_size

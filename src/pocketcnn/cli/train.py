@@ -212,12 +212,19 @@ def train(ctx: click.Context, **params) -> None:
     """
     from ..artifacts.checkpoint import load_checkpoint
     from ..plots import learning_curves
-    from ..train.engine import existing_run, fit
+    from ..train.engine import existing_run, fit, refuse_earlier_run
 
     given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     saved = load_checkpoint(params["resume"]).get("config", {}) if params["resume"] else None
     cfg = build_config(params, given, saved)
     file_cfg = load_config_file(params["config"]) if params["config"] else {}
+    if not params["resume"] and not params["force"] and "WORLD_SIZE" not in os.environ:
+        if cfg.out is None and existing_run(cfg.out_dir):
+            earlier = cfg.out_dir
+            cfg = cfg.replace(out=str(next_free_folder(earlier)))
+            click.echo(f"{earlier} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR --force to "
+                       "replace a run)", err=True)
+        refuse_earlier_run(cfg.out_dir)  # before anything is printed: a refusal is one line
     if saved is None and cfg.train_samples:  # a short run: steps, not images, and no augmentation
         tuned = cfg.for_run_length(cfg.train_samples, fixed={*given, *file_cfg})
         if tuned != cfg and os.environ.get("RANK", "0") == "0":
@@ -225,12 +232,6 @@ def train(ctx: click.Context, **params) -> None:
                 f"{f}={getattr(tuned, f)!r} instead of {getattr(cfg, f)!r}" for f in ("batch_size", "augment")
                 if getattr(tuned, f) != getattr(cfg, f)) + " (pass --batch-size / --augment to choose)", err=True)
         cfg = tuned
-    if not params["resume"] and not params["force"] and "WORLD_SIZE" not in os.environ and cfg.out is None \
-            and existing_run(cfg.out_dir):
-        earlier = cfg.out_dir
-        cfg = cfg.replace(out=str(next_free_folder(earlier)))
-        click.echo(f"{earlier} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR --force to "
-                   "replace a run)", err=True)
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         _launch(ctx, params["nproc"], params["max_restarts"], out=cfg.out)
         return

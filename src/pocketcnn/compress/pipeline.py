@@ -101,22 +101,32 @@ class LayerSensitivity:
 
 
 SENSITIVITY_LADDER = (1.0, 0.75, 0.5, 0.25)  # fractions of the target tried, largest first; else 0
+CHANCE_MARGIN = 5.0  # points: a model scoring less than this above chance has learned nothing to protect
 
 
 def sensitivity_scan(model: nn.Module, sparsity: float, probe: Evaluate, *, tolerance: float = 1.0,
+                     chance: float | None = None,
                      log: Callable[[str], None] | None = None) -> tuple[float, list[LayerSensitivity]]:
     """Prune each layer alone and score it with ``probe``; pick each layer's sparsity.
 
     Returns ``(dense score, per layer)``. A layer's choice is the largest ``f * sparsity``
     (``f`` in :data:`SENSITIVITY_LADDER`) whose score is within ``tolerance`` of the dense
     score, or 0. ``probe`` should use held-out training images, not the test split that
-    will report the result. ``model`` is left as it was.
+    will report the result. ``model`` is left as it was. ``chance`` (the accuracy of a guess,
+    100 / classes): a dense score within :data:`CHANCE_MARGIN` of it holds no layer, since
+    the differences the scan would measure are noise.
     """
     check_sparsity(sparsity)
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
         raise ConfigError(f"tolerance must be a number >= 0 (points of accuracy), received tolerance={tolerance!r}")
     base = float(probe(model))
     rows: list[LayerSensitivity] = []
+    if chance is not None and base < chance + CHANCE_MARGIN:
+        if log is not None:
+            log(f"sensitivity scan skipped: the dense model scores {base:.2f}% on the probe images, within "
+                f"{CHANCE_MARGIN:g} points of chance ({chance:.2f}%); every layer is pruned to {sparsity:.0%}")
+        return base, [LayerSensitivity(name, layer.weight.numel(), {}, sparsity)
+                      for name, layer in prunable_layers(model).items()]
     for name, layer in prunable_layers(model).items():
         original = layer.weight.detach().clone()
         tried: dict[float, float] = {}
@@ -213,7 +223,7 @@ class _Scorer:
 
 
 def prune_stage(model: nn.Module, sparsity: float, prune_steps: int, *, scope: str, finetune: Finetune | None,
-                score: _Scorer, probe: Evaluate | None = None, tolerance: float = 1.0,
+                score: _Scorer, probe: Evaluate | None = None, tolerance: float = 1.0, chance: float | None = None,
                 ) -> tuple[dict[str, torch.Tensor], list[PruneRound], dict[str, float] | None, list[LayerSensitivity]]:
     """Stage 1, in place on ``model``: the sensitivity scan (with ``probe``), then ``prune_steps`` rounds of
     magnitude pruning, each followed by fine-tuning with the masks held. Returns the masks, the
@@ -222,7 +232,7 @@ def prune_stage(model: nn.Module, sparsity: float, prune_steps: int, *, scope: s
     layer_sparsity: dict[str, float] | None = None
     scan: list[LayerSensitivity] = []
     if probe is not None:
-        _, scan = sensitivity_scan(model, sparsity, probe, tolerance=tolerance, log=score.log)
+        _, scan = sensitivity_scan(model, sparsity, probe, tolerance=tolerance, chance=chance, log=score.log)
         layer_sparsity = balanced_sparsities(model, sparsity, {r.name: r.chosen for r in scan if r.chosen < sparsity})
     targets: list[float] | list[dict[str, float]] = schedule
     if layer_sparsity is not None:  # each layer follows the schedule towards its own sparsity
@@ -275,7 +285,7 @@ def code_stage(model: nn.Module, masks: Mapping[str, torch.Tensor], shared: Mapp
 def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int = 1, bits: int = 6,
                   bits_fc: int | None = None, finetune: Finetune | None = None, evaluate: Evaluate | None = None,
                   scope: str = "layer", kmeans_iters: int = 100, gap_bits: int = GAP_BITS,
-                  probe: Evaluate | None = None, tolerance: float = 1.0,
+                  probe: Evaluate | None = None, tolerance: float = 1.0, chance: float | None = None,
                   log: Callable[[str], None] | None = None) -> CompressResult:
     """Prune (in ``prune_steps`` rounds), fine-tune, cluster, fine-tune the centroids; measure every stage.
 
@@ -285,7 +295,7 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
     is that of the first round (the largest single cut is the first). The "coded" size is the
     real ``.pcz`` byte count (without caller metadata) when the model came from ``create_model``.
     ``probe`` (an accuracy on held-out training images) turns on the per-layer sensitivity
-    scan (:func:`sensitivity_scan`, ``tolerance`` in points); ``scope`` must then be "layer".
+    scan (:func:`sensitivity_scan`, ``tolerance`` and ``chance`` in points); ``scope`` must then be "layer".
     ``log`` receives one line per round and stage as the work proceeds.
     """
     prune_schedule(sparsity, prune_steps)  # checks both
@@ -304,7 +314,8 @@ def deep_compress(model: nn.Module, *, sparsity: float = 0.67, prune_steps: int 
     acc_dense = score(model)
     score.log(f"dense{score.pct(acc_dense)}")
     masks, rounds, layer_sparsity, scan = prune_stage(model, sparsity, prune_steps, scope=scope, finetune=finetune,
-                                                      score=score, probe=probe, tolerance=tolerance)
+                                                      score=score, probe=probe, tolerance=tolerance,
+                                                      chance=chance)
     shared, acc_quant_raw, acc_quant = share_stage(model, masks, bits=bits, bits_fc=bits_fc, kmeans_iters=kmeans_iters,
                                                    finetune=finetune, score=score)
     dense, pruned, quant, coded = code_stage(model, masks, shared, gap_bits)

@@ -575,6 +575,14 @@ def end_epoch(state: RunState, epoch: int, totals: EpochTotals, callbacks: Callb
     return m
 
 
+def refuse_earlier_run(out_dir: Path) -> None:
+    """Raise OutputError if ``out_dir`` holds an earlier run's results (a new run would replace them)."""
+    if existing_run(out_dir):
+        raise OutputError(f"{out_dir} already holds a training run ({', '.join(existing_run(out_dir))}): "
+                          f"pass --force to replace it, --resume {out_dir / 'last.pt'} to continue it, "
+                          "or another --out")
+
+
 def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Module | None = None,
         after_step: Callable[[], None] | None = None, save: bool = True,
         resume: str | Path | None = None, overwrite: bool = False) -> FitResult:
@@ -587,10 +595,8 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
     """
     t_start = time.perf_counter()
     if save and os.environ.get("RANK", "0") == "0":
-        if not resume and not overwrite and existing_run(cfg.out_dir):
-            raise OutputError(f"{cfg.out_dir} already holds a training run ({', '.join(existing_run(cfg.out_dir))}): "
-                              f"pass --force to replace it, --resume {cfg.out_dir / 'last.pt'} to continue it, "
-                              "or another --out")
+        if not resume and not overwrite:
+            refuse_earlier_run(cfg.out_dir)
         check_writable_dir(cfg.out_dir, "training run")
     state = setup_run(cfg, model=model, save=save, pretrained=not resume)
     if resume:
