@@ -18,13 +18,14 @@ endif
 EXTRAS ?= train,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+CHROMIUM ?= /usr/lib/chromium/chromium
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
 # The light install (no PyTorch) that `make test-light` proves.
 LIGHT_VENV := build/light-venv
 LIGHT_DIR  := build/light
 
-.PHONY: setup data demo test test-light lint bench clean
+.PHONY: setup data browser demo test test-light lint bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -45,10 +46,18 @@ data:
 	  fi; \
 	fi
 
+# The browser tests: Debian's Chromium and the pinned ONNX Runtime Web files (npm pack, checked by
+# hash, about 35 MB once; `pocketcnn web-runtime` does the same for an installed wheel).
+browser: setup
+	@if [ ! -x "$(CHROMIUM)" ] && command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; echo "installing Debian package chromium"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; fi
+	$(VENV)/bin/pocketcnn web-runtime
+
 demo: setup data
 	$(VENV)/bin/pocketcnn demo $(DEMO_ARGS)
 
-test: setup data
+test: setup data browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # A second virtual environment with only the base install (no torch), running the light

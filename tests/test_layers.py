@@ -26,7 +26,7 @@ LAYERS = {
 TORCH_FREE = ["errors", "fileio", "data/spec.py", "data/__init__.py", "artifacts/__init__.py", "artifacts/metadata.py",
               "runtime/__init__.py", "runtime/images.py", "runtime/onnx.py", "runtime/predictor.py", "runtime/loader.py",
               "runtime/litert.py", "workflows/predict.py", "serve", "cli/__init__.py", "cli/common.py",
-              "cli/predict.py", "cli/serve.py", "__init__.py", "__main__.py"]
+              "cli/predict.py", "cli/serve.py", "runtime/web.py", "cli/web.py", "__init__.py", "__main__.py"]
 
 
 def modules() -> list[Path]:

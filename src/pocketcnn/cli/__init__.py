@@ -28,6 +28,7 @@ COMMANDS = {
     "bench": "bench:bench",
     "serve": "serve:serve",
     "weights": "weights:weights",
+    "web-runtime": "web:web_runtime",
 }
 
 

@@ -15,7 +15,8 @@ from ..export.formats import FORMATS, SUFFIX
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
               help="onnx (ONNX Runtime), pte (ExecuTorch + XNNPACK, needs pocketcnn[mobile]), pt2 (torch.export), "
                    "tflite (LiteRT for Android, needs pocketcnn[litert]), coreml (.mlpackage for iOS/macOS, "
-                   "needs pocketcnn[mobile]).")
+                   "needs pocketcnn[mobile]), web (a static folder that classifies in the browser with "
+                   "ONNX Runtime Web; see `pocketcnn web-runtime`).")
 @click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Any batch size (ExecuTorch: a bounded one) instead of 1 "
               "(onnx, pt2, pte; a .tflite file's batch is resized when it runs).")

@@ -22,7 +22,7 @@ import click
 @click.option("--runs", type=click.IntRange(0), default=None,
               help="Model runs at the same time in each worker (default: CPUs / workers / threads).")
 @click.option("--static-dir", type=click.Path(file_okay=False), default=None,
-              help="A folder served at / (its index.html) and /static/.")
+              help="A folder served at / (its index.html) and /static/ (default: the packaged browser page).")
 @click.option("--log-level", type=click.Choice(("critical", "error", "warning", "info", "debug")),
               default="info", show_default=True)
 def serve(model, host, port, workers, max_batch, max_wait_ms, max_body_mb, threads, runs, static_dir,
@@ -33,6 +33,7 @@ def serve(model, host, port, workers, max_batch, max_wait_ms, max_body_mb, threa
     POST /v1/predict   image files as multipart/form-data, or one image body
                        (image/* or application/octet-stream); ?topk=5
     GET  /v1/model     model, labels, input size, preprocessing
+    GET  /             the browser page: classify photos on the server or on the device
     GET  /healthz      health check
     GET  /metrics      Prometheus metrics
 
@@ -44,6 +45,7 @@ def serve(model, host, port, workers, max_batch, max_wait_ms, max_body_mb, threa
 
     from ..errors import CheckpointError
     from ..runtime.onnx import default_threads
+    from ..runtime.web import packaged_page
     from ..serve.server import run_server
     from ..serve.settings import MB, ServeSettings
 
@@ -54,7 +56,7 @@ def serve(model, host, port, workers, max_batch, max_wait_ms, max_body_mb, threa
     if not path.is_file():
         raise CheckpointError(f"{path}: {'is a folder, not' if path.is_dir() else 'no such'} model file")
     settings = ServeSettings(str(path), max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             max_body_bytes=max(1, int(max_body_mb * MB)), threads=threads, static_dir=static_dir,
+                             max_body_bytes=max(1, int(max_body_mb * MB)), threads=threads, static_dir=static_dir or packaged_page(),
                              runs=runs)
     if workers > 1:  # the CPUs are shared by the workers
         threads, runs = settings.resolved_threads(max(1, default_threads() // workers))

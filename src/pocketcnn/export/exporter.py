@@ -80,6 +80,10 @@ def export_model(source: ModelSource, path: str | Path, *, format: str = "onnx",
     only): ``"fp16"`` (default) or ``"fp32"``.
     """
     _check_options(format, dynamic_batch, int8, precision, calib_samples, test_samples)
+    if format == "web":  # a folder: export_web checks, verifies and renames it into place itself
+        from .web import export_web
+
+        return export_web(source, path, opset=opset, verify_n=verify_n, data_dir=data_dir, atol=atol)
     if calib_data is not None and not int8:
         raise ConfigError(f"calib_data (--calib-data) applies to int8 export, received calib_data={calib_data!r} "
                           "without int8=True (--int8)")

@@ -2,9 +2,12 @@
 
 ``POST /v1/predict``  images -> ``{model, runtime, predictions: [records of predict --json], latency_ms}``
 ``GET  /v1/model``    what the model is and how it preprocesses
+``GET  /v1/model.onnx`` the model file itself (the browser page runs it on the visitor's device)
 ``GET  /healthz``     ``{"status": "ok"}``
 ``GET  /metrics``     Prometheus text format
 ``GET  /``            ``static_dir/index.html``, else a small page naming the model and routes
+
+Every response carries the COOP/COEP headers of cross-origin isolation (:mod:`.isolation`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from ..runtime.onnx import default_threads
 from ..runtime.predictor import Prediction, Predictor, open_model
 from .batching import BatcherClosed, DynamicBatcher
 from .bodies import HTTPProblem, Upload, parse_request, parse_topk
+from .isolation import CrossOriginIsolation
 from .metrics import MetricsMiddleware, ServeMetrics
 from .settings import MB, ServeSettings
 
@@ -145,6 +149,9 @@ def app_from_settings(settings: ServeSettings) -> Starlette:
         info = await asyncio.get_running_loop().run_in_executor(service.decode_pool, service.info)
         return JSONResponse(info)
 
+    async def model_file(request: Request) -> Response:
+        return FileResponse(service.path, media_type="application/octet-stream")
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": service.name})
 
@@ -164,6 +171,7 @@ def app_from_settings(settings: ServeSettings) -> Starlette:
         return _error(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
 
     routes = [Route("/v1/predict", predict, methods=["POST"]), Route("/v1/model", model_info),
+              Route("/v1/model.onnx", model_file),
               Route("/healthz", healthz), Route("/metrics", metrics), Route("/", index)]
     if settings.static_dir is not None:
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
@@ -173,7 +181,8 @@ def app_from_settings(settings: ServeSettings) -> Starlette:
         yield
         await service.close()
 
-    app = Starlette(routes=routes, middleware=[Middleware(MetricsMiddleware, metrics=service.metrics)],
+    app = Starlette(routes=routes, middleware=[Middleware(CrossOriginIsolation),
+                                               Middleware(MetricsMiddleware, metrics=service.metrics)],
                     exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
     app.state.service = service
     return app

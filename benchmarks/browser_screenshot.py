@@ -1,0 +1,119 @@
+"""The README's picture of the browser page: docs/browser.png, both modes side by side.
+
+    python benchmarks/browser_screenshot.py [--checkpoint RUN/best.pt] [--out docs/browser.png]
+
+Without ``--checkpoint`` it trains squeezenet1_1 with its recipe for 3 epochs on 10,000
+Fashion-MNIST training images (about 75% top-1; 5-10 minutes on 2 CPU cores), exports
+it with ``export_web``, serves it with ``pocketcnn serve`` on 127.0.0.1, and photographs the
+page in headless Chromium at a phone's size (412 px wide): on the left four Fashion-MNIST
+test images answered by the server, on the right the same images (and a text file) answered
+on the device with ONNX Runtime Web.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/lib/chromium/chromium"
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+CLASSES = (0, 7, 8, 9)  # T-shirt/top, Sneaker, Bag, Ankle boot
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "browser.png")
+    ap.add_argument("--height", type=int, default=980, help="height of each phone screen, px")
+    args = ap.parse_args(argv)
+
+    import httpx
+    import torch
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from pocketcnn.artifacts.source import load_model_source
+    from pocketcnn.export.web import export_web
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="pocketcnn-shot-") as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt = args.checkpoint
+        if ckpt is None:
+            from pocketcnn.train.config import TrainConfig
+            from pocketcnn.train.engine import fit
+
+            from pocketcnn.models.registry import model_config
+
+            recipe = dict(model_config("squeezenet1_1").recipe)  # the family's small-image recipe
+            cfg = TrainConfig.from_dict({**recipe, "model": "squeezenet1_1", "data": "fashion-mnist", "epochs": 3,
+                                         "train_samples": 10_000, "test_samples": 1000, "out": str(tmp / "run")})
+            print(f"training squeezenet1_1: {fit(cfg).final_top1:.1f}% top-1 on 1,000 test images", file=sys.stderr)
+            ckpt = tmp / "run" / "best.pt"
+        web = export_web(load_model_source(ckpt), tmp / "web").path
+
+        with gzip.open(FMNIST / "t10k-images-idx3-ubyte.gz") as f:
+            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+        with gzip.open(FMNIST / "t10k-labels-idx1-ubyte.gz") as f:
+            labels = np.frombuffer(f.read(), np.uint8, offset=8)
+        names = ("tshirt", "sneaker", "bag", "boot")
+        files = []
+        for cls, name in zip(CLASSES, names):
+            path = tmp / f"{name}.png"
+            Image.fromarray(images[np.flatnonzero(labels == cls)[3]]).save(path)
+            files.append(path)
+        (tmp / "notes.txt").write_text("not a photo")
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "pocketcnn", "serve", str(web / "model.onnx"), "--host",
+                                 "127.0.0.1", "--port", str(port), "--log-level", "warning"])
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            shots = []
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+                for mode, upload in (("server", files), ("device", [*files[:3], tmp / "notes.txt"])):
+                    page = browser.new_page(viewport={"width": 412, "height": args.height}, device_scale_factor=2)
+                    page.goto(f"{url}?mode={mode}")
+                    page.evaluate("pocketcnn.ready")
+                    page.set_input_files("#files", [str(f) for f in upload])
+                    page.wait_for_function(
+                        f"document.querySelectorAll('.card:not([data-status=pending])').length >= {len(upload)}")
+                    shot = tmp / f"{mode}.png"
+                    page.screenshot(path=str(shot))
+                    shots.append(Image.open(shot).convert("RGB"))
+                    page.close()
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        gap = 24
+        w, h = shots[0].size
+        out = Image.new("RGB", (2 * w + gap, h), (255, 255, 255))
+        out.paste(shots[0], (0, 0))
+        out.paste(shots[1], (w + gap, 0))
+        out = out.resize((out.width // 2, out.height // 2), Image.LANCZOS)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        out.save(args.out, optimize=True)
+    print(f"wrote {args.out} ({out.width}x{out.height})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

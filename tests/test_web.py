@@ -1,0 +1,194 @@
+"""The browser side without a browser: fetching ONNX Runtime Web (a fake tarball, no network),
+``export_web``'s folder and refusals, the server's isolation headers and model route, the
+``web-runtime`` command, and the page's JavaScript resize under node against Pillow."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocketcnn.errors import OutputError
+from pocketcnn.runtime import web
+from pocketcnn.runtime.web import WebRuntimeError, fetch_ort_web, find_ort_web
+
+FAKE_VERSION = "0.0.1-test"
+
+
+def fake_tarball(path: Path, version: str = FAKE_VERSION, skip: str | None = None) -> Path:
+    """An npm tarball shaped like onnxruntime-web's, with small stand-in files."""
+    with tarfile.open(path, "w:gz") as tar:
+        members = {"package/package.json": json.dumps({"name": "onnxruntime-web", "version": version,
+                                                       "license": "MIT"}).encode(),
+                   "package/dist/ort.min.js": b"// not taken"}
+        members.update({f"package/dist/{n}": f"// {n}".encode() * 10 for n in web.ORT_WEB_FILES if n != skip})
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture
+def fake_runtime(tmp_path, monkeypatch) -> Path:
+    """A runtime folder from a fake tarball, accepted as the pinned version."""
+    dest = tmp_path / "ort"
+    fetch_ort_web(dest, version=FAKE_VERSION, tarball=fake_tarball(tmp_path / "ort.tgz"))
+    monkeypatch.setattr(web, "ORT_WEB_VERSION", FAKE_VERSION)
+    return dest
+
+
+def test_fetch_from_tarball_writes_the_files_and_a_manifest(tmp_path):
+    tgz = fake_tarball(tmp_path / "onnxruntime-web.tgz")
+    dest = tmp_path / "ort"
+    got = fetch_ort_web(dest, version=FAKE_VERSION, tarball=tgz)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*web.ORT_WEB_FILES, web.MANIFEST])
+    manifest = json.loads((dest / web.MANIFEST).read_text())
+    assert manifest["version"] == FAKE_VERSION and manifest["license"] == "MIT"
+    assert manifest["integrity"] == web.sri_sha512(tgz)
+    assert got.files == {n: (dest / n).stat().st_size for n in web.ORT_WEB_FILES}
+    assert find_ort_web(dest, version=FAKE_VERSION) == got
+    assert find_ort_web(dest) is None  # not the pinned version
+    (dest / web.ORT_WEB_FILES[0]).write_text("changed size")
+    assert find_ort_web(dest, version=FAKE_VERSION) is None
+    again = fetch_ort_web(dest, version=FAKE_VERSION, tarball=tgz)  # replaces the folder as a whole
+    assert find_ort_web(dest, version=FAKE_VERSION) == again
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ort.")]  # no staging folder left
+
+
+def test_fetch_refuses_bad_tarballs(tmp_path):
+    with pytest.raises(WebRuntimeError, match="is not the pinned onnxruntime-web"):
+        fetch_ort_web(tmp_path / "a", tarball=fake_tarball(tmp_path / "x.tgz"))  # the pinned version's hash
+    with pytest.raises(WebRuntimeError, match="has no dist/ort-wasm-simd-threaded.wasm"):
+        fetch_ort_web(tmp_path / "b", version=FAKE_VERSION,
+                      tarball=fake_tarball(tmp_path / "y.tgz", skip="ort-wasm-simd-threaded.wasm"))
+    with pytest.raises(WebRuntimeError, match="holds onnxruntime-web '9.9.9'"):
+        fetch_ort_web(tmp_path / "c", version=FAKE_VERSION, tarball=fake_tarball(tmp_path / "z.tgz", version="9.9.9"))
+    (tmp_path / "t.tgz").write_bytes(b"not gzip")
+    with pytest.raises(WebRuntimeError, match="not a readable npm tarball"):
+        fetch_ort_web(tmp_path / "d", version=FAKE_VERSION, tarball=tmp_path / "t.tgz")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_web_runtime_command(cli_runner, tmp_path):
+    from pocketcnn.cli.web import web_runtime
+
+    r = cli_runner.invoke(web_runtime, ["--check", "--dest", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "missing" in r.output
+    r = cli_runner.invoke(web_runtime, ["--dest", str(tmp_path / "o"), "--tarball", str(fake_tarball(tmp_path / "f.tgz"))])
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "pinned" in r.output and "Traceback" not in r.output
+    r = cli_runner.invoke(web_runtime, ["--help"])
+    assert r.exit_code == 0 and "onnxruntime-web" in r.output.replace("ONNX Runtime Web", "onnxruntime-web")
+
+
+def test_export_web_writes_a_static_folder(tmp_path, fake_runtime):
+    import torch
+
+    from pocketcnn import create_model
+    from pocketcnn.artifacts.metadata import read_onnx_metadata
+    from pocketcnn.artifacts.source import ModelSource
+    from pocketcnn.data.spec import DataSpec
+    from pocketcnn.export.web import STATIC_BODY, export_web
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "in_chans": 1, "small_input": True}
+    spec = DataSpec("test-gray", 10, 1, 28, (0.5,), (0.25,), tuple(f"c{i}" for i in range(10)), 32)
+    source = ModelSource(create_model("squeezenet1_1", **kwargs).eval(), "squeezenet1_1", kwargs, spec, None, "model")
+    result = export_web(source, tmp_path / "site", runtime_dir=fake_runtime, verify_n=2)
+    out = tmp_path / "site"
+    assert result.path == out and result.verification.passed
+    assert set(result.files) == {"README.txt", "index.html", "model.onnx", "static/app.js", "static/preprocess.js",
+                                 "static/style.css", *(f"static/ort/{n}" for n in (*web.ORT_WEB_FILES, web.MANIFEST))}
+    assert result.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert STATIC_BODY in (out / "index.html").read_text()
+    meta = read_onnx_metadata(out / "model.onnx")
+    assert meta["classes"] == list(spec.classes) and meta["resize_size"] == 32 and meta["params"] == source.params
+    assert "python -m http.server" in (out / "README.txt").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".site")]  # staging renamed away
+
+    with pytest.raises(OutputError, match="not empty"):  # refused before any work
+        export_web(source, out, runtime_dir=fake_runtime)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        export_web(source, tmp_path / "file", runtime_dir=fake_runtime)
+    with pytest.raises(WebRuntimeError, match="pocketcnn web-runtime"):
+        export_web(source, tmp_path / "site2", runtime_dir=tmp_path / "no-runtime")
+    assert not (tmp_path / "site2").exists()
+    again = export_web(source, out, runtime_dir=fake_runtime, verify_n=2, overwrite=True)
+    assert again.files == result.files
+
+
+def test_serve_sends_isolation_headers_and_the_model_file(tmp_path):
+    from starlette.testclient import TestClient
+
+    from pocketcnn.runtime.web import packaged_page
+    from pocketcnn.serve import create_app
+
+    sys.path.insert(0, str(Path(__file__).parent / "light"))
+    try:
+        import prepare
+    finally:
+        sys.path.pop(0)
+    model = prepare.make_onnx(tmp_path / "m.onnx")
+    assert packaged_page() is not None
+    with TestClient(create_app(model, static_dir=packaged_page())) as client:
+        for path in ("/", "/static/app.js", "/v1/model", "/healthz"):
+            r = client.get(path)
+            assert r.status_code == 200, path
+            assert r.headers["cross-origin-opener-policy"] == "same-origin"
+            assert r.headers["cross-origin-embedder-policy"] == "require-corp"
+        assert 'data-api="v1/"' in client.get("/").text
+        r = client.get("/v1/model.onnx")
+        assert r.status_code == 200 and r.content == model.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_javascript_resize_equals_pillow_under_node(tmp_path):
+    """preprocess.js's resize and L conversion on random images, sizes and channels, byte for byte."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    cases, blob = [], bytearray()
+    sizes = [(640, 480, 37, 28), (480, 640, 224, 298), (300, 7, 10, 1), (5, 5, 1, 1), (28, 28, 32, 32)]
+    for i in range(120):
+        w, h, ow, oh = sizes[i] if i < len(sizes) else (*rng.integers(1, 300, 2), *rng.integers(1, 300, 2))
+        ow, oh = (w, oh) if i % 9 == 7 else (ow, h) if i % 9 == 8 else (ow, oh)
+        c = int(rng.choice([1, 3]))
+        a = rng.integers(0, 256, (h, w) if c == 1 else (h, w, 3), dtype=np.uint8)
+        ref = np.asarray(Image.fromarray(a).resize((int(ow), int(oh)), Image.BILINEAR))
+        cases.append({"c": c, "w": int(w), "h": int(h), "ow": int(ow), "oh": int(oh), "off": len(blob)})
+        blob += a.tobytes() + ref.tobytes()
+    rgb = rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    (tmp_path / "cases.json").write_text(json.dumps({"cases": cases, "luma_off": len(blob)}))
+    (tmp_path / "blob.bin").write_bytes(bytes(blob) + rgb.tobytes() + gray.tobytes())
+    module = (Path(__file__).resolve().parents[1] / "src" / "pocketcnn" / "web" / "preprocess.js").as_uri()
+    script = tmp_path / "check.mjs"
+    script.write_text(f"""
+import fs from "fs";
+import {{ resizeBilinear, toChannels }} from "{module}";
+const {{ cases, luma_off }} = JSON.parse(fs.readFileSync("cases.json"));
+const blob = new Uint8Array(fs.readFileSync("blob.bin"));
+const bad = [];
+for (const k of cases) {{
+  const n = k.w * k.h * k.c, src = blob.subarray(k.off, k.off + n);
+  const ref = blob.subarray(k.off + n, k.off + n + k.ow * k.oh * k.c);
+  const out = resizeBilinear(src, k.w, k.h, k.c, k.ow, k.oh);
+  if (out.length !== ref.length || out.some((v, i) => v !== ref[i])) bad.push(k);
+}}
+const rgb = blob.subarray(luma_off, luma_off + 6000), gray = blob.subarray(luma_off + 6000, luma_off + 8000);
+const rgba = new Uint8Array(8000);
+for (let i = 0; i < 2000; i++) rgba.set([rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2], 7], 4 * i);
+const luma = toChannels(rgba, 40, 50, 1);
+console.log(JSON.stringify({{ bad, luma: luma.every((v, i) => v === gray[i]) }}));
+""")
+    done = subprocess.run(["node", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["bad"] == [] and result["luma"] is True
