@@ -1,34 +1,84 @@
-"""`pocketcnn demo` on the real Fashion-MNIST files (CI installs Debian's dataset-fashion-mnist)."""
+"""`pocketcnn demo` on the real Fashion-MNIST files (CI installs Debian's dataset-fashion-mnist): the plan's
+rule, the leaderboard, the paper's chain (each stage's file exists and predicts) and the report."""
 import json
 
 import pytest
 
-from pocketcnn.cli import cli
 from conftest import FMNIST
+from pocketcnn.cli import cli
+from pocketcnn.workflows.demo import LADDER, plan_models
 
-pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 
 
-def test_demo_writes_leaderboard_and_reuses_runs(tmp_path, cli_runner):
+def test_each_model_gets_the_same_share_and_the_largest_rung_that_fits():
+    table = {"fast": (1000.0, 5000.0), "slow": (100.0, 1000.0), "glacial": (1.0, 10.0)}
+    asked = []
+
+    def speed(m, batch):  # a smaller batch trains at half the speed, as AlexNet's does
+        asked.append((m, batch))
+        train, ev = table[m]
+        return (train if batch == 128 else train / 2), ev
+
+    params = {"fast": 1_000_000, "slow": 50_000_000, "glacial": 1_000}
+    plan = plan_models(list(table), speed, dict.fromkeys(table, 128), params, share_s=120.0, test_images=10_000)
+    # fast: 60,000 x 2 would take 120 s of training alone; 50,000 x 2 takes 100 s plus evaluation: it fits
+    assert (plan["fast"].train_samples, plan["fast"].epochs) == (50000, 2)
+    assert plan["slow"].train_samples < plan["fast"].train_samples and plan["slow"].epochs == 1
+    assert plan["slow"].estimated_seconds <= 120.0 and plan["fast"].estimated_seconds <= 120.0
+    # slow: at 100/s (batch 128) 8,000 images would fit, but a run that short trains at a smaller batch
+    # (fewer than 150 steps at 128), here at 50/s: 4,000 images fit
+    assert plan["slow"].train_samples == 4000 and plan["slow"].images_per_s == 50.0
+    assert ("slow", 16) in asked and ("fast", 64) not in asked  # measured only where a rung needs it
+    assert (plan["glacial"].train_samples, plan["glacial"].epochs) == LADDER[-1]  # nothing fits: the smallest rung
+    # the ladder is ordered from most to least work, so "first that fits" is "largest that fits"
+    work = [n * e for n, e in LADDER]
+    assert work == sorted(work, reverse=True)
+
+
+@needs_fmnist
+def test_demo_ranks_then_runs_the_papers_chain(tmp_path, cli_runner):
     out = tmp_path / "demo"
-    args = ["demo", "--models", "squeezenet1_1,mobilenet_v3_small", "--budget-minutes", "0.2",
+    args = ["demo", "--models", "squeezenet1_1,mobilenet_v3_small", "--budget-minutes", "0.3",
             "--test-samples", "200", "--out", str(out), "--json", "--quiet"]
     r = cli_runner.invoke(cli, args)
     assert r.exit_code == 0, r.output
     board = json.loads(r.stdout)
-    assert set(board) >= {"wall_seconds", "budget_minutes", "rows"} and board["budget_minutes"] == 0.2
+    assert set(board) >= {"wall_seconds", "budget_minutes", "rows", "rule", "chain"} and board["budget_minutes"] == 0.3
     assert {row["model"] for row in board["rows"]} == {"squeezenet1_1", "mobilenet_v3_small"}
     for row in board["rows"]:
-        assert set(row) >= {"model", "top1", "params", "size_mb", "macs", "latency_ms", "images_per_s"}
+        assert set(row) >= {"model", "top1", "params", "size_mb", "macs", "latency_ms", "images_per_s",
+                            "train_samples", "epochs", "batch_size"}
         assert 0 <= row["top1"] <= 100 and row["latency_ms"] > 0 and row["images_per_s"] > 0
     assert json.loads((out / "leaderboard.json").read_text())["rows"] == board["rows"]
     for png in ("pareto.png", "curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    chain = board["chain"]
+    names = [s["stage"] for s in chain["stages"]]
+    assert names[1:] == ["squeezenet1_1 dense (fp32)", "squeezenet1_1 Deep Compression (.pcz)",
+                         "squeezenet1_1 INT8 ONNX"]
+    dense, pcz, int8 = chain["stages"][1:]
+    assert (out / pcz["file"]).stat().st_size == pcz["bytes"] < dense["bytes"] / 8  # 6 bits, 1/3 kept, coded
+    assert (out / int8["file"]).stat().st_size == int8["bytes"] < dense["bytes"] / 2.5
+    assert chain["sparsity"] == pytest.approx(0.67, abs=0.01) and chain["bits_per_param"] < 4.0
+    # each stage's file predicts: the .pcz and the INT8 file, the latter through the light runtime
+    from pocketcnn.runtime.predictor import open_model
+    from pocketcnn.workflows.predict import load_predictor
+
+    png = [out / s["image"] for s in chain["samples"]]
+    assert len(png) == len(set(png)) == len(list((out / "samples").glob("*.png"))) == 10
+    assert [p.topk[0].label for p in open_model(out / int8["file"]).predict(png, topk=1)] == \
+        [s["predicted"] for s in chain["samples"]]
+    assert all(p.ok for p in load_predictor(out / pcz["file"], runtime="torch").predict(png))
+
     report = (out / "report.md").read_text()
-    assert "squeezenet1_1" in report and "Leaderboard" in report
-    # a second run reuses the finished runs (no retraining: same rows, fast)
-    mtime = (out / "squeezenet1_1" / "last.pt").stat().st_mtime_ns
+    assert "## The paper's title, measured" in report and "| model file | bytes | x smaller than AlexNet |" in report
+    assert board["rule"] in report and "Leaderboard" in report
+    # a second run reuses the finished runs and the chain (no retraining: same rows and files)
+    mtime = (out / "squeezenet1_1" / "last.pt").stat().st_mtime_ns, (out / pcz["file"]).stat().st_mtime_ns
     r2 = cli_runner.invoke(cli, args)
-    assert r2.exit_code == 0
-    assert (out / "squeezenet1_1" / "last.pt").stat().st_mtime_ns == mtime
+    assert r2.exit_code == 0, r2.output
+    assert ((out / "squeezenet1_1" / "last.pt").stat().st_mtime_ns, (out / pcz["file"]).stat().st_mtime_ns) == mtime
     assert json.loads(r2.stdout)["rows"] == board["rows"]
+    assert json.loads(r2.stdout)["chain"]["stages"] == chain["stages"]

@@ -11,7 +11,7 @@ import torch
 from pocketcnn.cli import cli
 from pocketcnn.errors import ConfigError, TrainingError
 from pocketcnn.artifacts.checkpoint import load_checkpoint, model_from_checkpoint
-from pocketcnn.train.config import TrainConfig
+from pocketcnn.train.config import TrainConfig, recipe
 from pocketcnn.train.engine import Interrupted, ema_update, fit
 
 def cfg(tiny_data, tmp_path, **kw) -> TrainConfig:
@@ -304,6 +304,11 @@ def test_a_short_run_gets_steps_and_no_augmentation_unless_told():
     long_cfg = cfg.replace(epochs=10)
     assert long_cfg.for_run_length(60000) == long_cfg  # 9,370 steps, 10 epochs: untouched
     assert cfg.for_run_length(100).batch_size == 16  # never below MIN_BATCH
+    # the family's short-run recipe: AlexNet's higher peak learning rate, unless the user set one
+    alex = TrainConfig.from_dict({**recipe("alexnet"), "model": "alexnet", "epochs": 1})
+    assert alex.lr == 2e-4 and alex.for_run_length(30000).lr == 1e-3
+    assert alex.for_run_length(30000, fixed={"lr"}).lr == 2e-4 and alex.replace(epochs=3).for_run_length(30000).lr == 2e-4
+    assert short.lr == cfg.lr  # SqueezeNet has no short recipe
 
 
 def test_an_unready_ema_is_not_what_a_short_run_reports(tiny_data, tmp_path):

@@ -1,6 +1,7 @@
 """``pocketcnn train``: the engine behind a command line (one process, or N through torchrun)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -228,9 +229,10 @@ def train(ctx: click.Context, **params) -> None:
     if saved is None and cfg.train_samples:  # a short run: steps, not images, and no augmentation
         tuned = cfg.for_run_length(cfg.train_samples, fixed={*given, *file_cfg})
         if tuned != cfg and os.environ.get("RANK", "0") == "0":
+            changed = [f.name for f in dataclasses.fields(cfg) if getattr(tuned, f.name) != getattr(cfg, f.name)]
             click.echo(f"a short run ({cfg.train_samples:,} images x {cfg.epochs} epoch(s)): " + ", ".join(
-                f"{f}={getattr(tuned, f)!r} instead of {getattr(cfg, f)!r}" for f in ("batch_size", "augment")
-                if getattr(tuned, f) != getattr(cfg, f)) + " (pass --batch-size / --augment to choose)", err=True)
+                f"{f}={getattr(tuned, f)!r} instead of {getattr(cfg, f)!r}" for f in changed)
+                + " (pass the flag to choose)", err=True)
         cfg = tuned
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         _launch(ctx, params["nproc"], params["max_restarts"], out=cfg.out)

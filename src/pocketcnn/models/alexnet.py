@@ -67,11 +67,15 @@ class AlexNet(ClassifierMixin, nn.Module):
 # norm: Adam keeps the deep plain stack moving. bf16 autocast where the CPU has it ("auto"):
 # 1.36x faster at the same accuracy (10,000 Fashion-MNIST images x 3 epochs: 78.55 / 78.35% top-1).
 RECIPE = {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "amp": "auto", "model_kwargs": {"drop_rate": 0.5}}
+# A run of 1-2 epochs learns faster at a higher peak: 15,000 Fashion-MNIST images x 1 epoch at batch 64
+# reached 77.85% at 2e-4, 80.1% at 6e-4 and 80.3% at 1.2e-3 (2,000 test images; no dropout instead: 77.55%).
+SHORT_RECIPE = {"lr": 1e-3}
 
 
 @register_model(AlexNet, torchvision="alexnet", paper="Krizhevsky et al., ImageNet Classification with Deep CNNs (2012)",
                 first_conv="features.0", classifier="classifier.6", paper_params=61_100_840, paper_macs=714_188_480,
-                recipe=RECIPE, weights=[Weights("IMAGENET1K_V1", "alexnet-owt-7be5be79.pth", "7be5be79", 56.522, 79.066)])
+                recipe=RECIPE, short_recipe=SHORT_RECIPE,
+                weights=[Weights("IMAGENET1K_V1", "alexnet-owt-7be5be79.pth", "7be5be79", 56.522, 79.066)])
 def alexnet(**kwargs) -> AlexNet:
     """torchvision's AlexNet: 61,100,840 params."""
     return AlexNet(**kwargs)

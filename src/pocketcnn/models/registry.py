@@ -66,6 +66,7 @@ class ModelConfig:
     paper_params: int | None = None  # the paper's (or torchvision's) count at 1000 classes
     paper_macs: int | None = None  # mult-adds at 3x224x224 (convolutions and linear layers)
     recipe: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields for small images
+    short_recipe: Mapping[str, Any] = field(default_factory=dict)  # changes for runs of 1-2 epochs (for_run_length)
     weights: tuple[Weights, ...] = ()
 
     def accepted_kwargs(self) -> list[str]:
@@ -107,6 +108,7 @@ def register_model(model_cls: type[nn.Module], **config: Any) -> Callable[[Calla
             raise ValueError(f"model {name!r} is registered twice")
         cfg = dict(config)
         cfg["recipe"] = MappingProxyType(dict(cfg.get("recipe", {})))
+        cfg["short_recipe"] = MappingProxyType(dict(cfg.get("short_recipe", {})))
         cfg["weights"] = tuple(cfg.get("weights", ()))
         _REGISTRY[name] = ModelConfig(name, fn, model_cls, **cfg)
         return fn

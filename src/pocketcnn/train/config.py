@@ -131,13 +131,17 @@ class TrainConfig:
         """This config fitted to a short run over ``train_images`` images, except the ``fixed`` fields (the
         ones a user set): a smaller batch until the run has :data:`MIN_STEPS` steps
         (:meth:`batch_for_steps`), and no augmentation when each image is seen at most
-        :data:`SHORT_RUN_EPOCHS` times, since such a run cannot over-fit. Measured on squeezenet1_1,
+        :data:`SHORT_RUN_EPOCHS` times, since such a run cannot over-fit, and the model's
+        ``short_recipe`` (:class:`~pocketcnn.models.registry.ModelConfig`). Measured on squeezenet1_1,
         5,000 images, 1 epoch, batch 32: 64.7% with crop and flip, 65.8% with flip only, 70.5% without."""
         changes: dict[str, Any] = {}
         if "batch_size" not in fixed:
             changes["batch_size"] = self.batch_for_steps(train_images)
-        if "augment" not in fixed and self.epochs <= SHORT_RUN_EPOCHS:
-            changes["augment"] = ()
+        if self.epochs <= SHORT_RUN_EPOCHS:
+            if "augment" not in fixed:
+                changes["augment"] = ()
+            short = model_config(self.model).short_recipe  # e.g. AlexNet's higher peak learning rate
+            changes.update({k: v for k, v in short.items() if k not in fixed})
         return self.replace(**changes)
 
     def batch_for_steps(self, train_images: int) -> int:
@@ -145,10 +149,16 @@ class TrainConfig:
         :data:`MIN_BATCH`) until the run has at least :data:`MIN_STEPS` optimizer steps. A short run
         learns from steps, not from images: squeezenet1_1 on 5,000 images for 1 epoch reached 55.7%
         top-1 at its recipe's batch 64 (78 steps) and 64.7% at batch 32 (156 steps)."""
-        bs = self.batch_size
-        while bs // 2 >= MIN_BATCH and self.epochs * (train_images // bs) < MIN_STEPS:
-            bs //= 2
-        return bs
+        return batch_for_steps(self.batch_size, self.epochs, train_images)
+
+
+def batch_for_steps(batch_size: int, epochs: int, train_images: int) -> int:
+    """``batch_size`` halved (never below :data:`MIN_BATCH`) until ``epochs`` over ``train_images``
+    images take at least :data:`MIN_STEPS` optimizer steps (see :meth:`TrainConfig.batch_for_steps`)."""
+    bs = batch_size
+    while bs // 2 >= MIN_BATCH and epochs * (train_images // bs) < MIN_STEPS:
+        bs //= 2
+    return bs
 
 
 SHORT_RUN_EPOCHS = 2  # runs of at most this many epochs train without augmentation (for_run_length)
