@@ -54,7 +54,7 @@ class DemoProgress:
               "per family: squeezenet1_1, mobilenet_v3_small).")
 @click.option("--budget-minutes", type=click.FloatRange(0, min_open=True),
               help="Time for the whole job: training (an equal share per model), evaluation and the "
-                   "compression chain (default: 14).")
+                   "compression chain (default: 14.5).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Fashion-MNIST folder ($POCKETCNN_DATA_DIR).")
 @click.option("--fresh", is_flag=True, help="Retrain even if finished runs exist.")
