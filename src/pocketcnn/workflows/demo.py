@@ -91,13 +91,14 @@ class _StepClock:
         pass
 
 
-def measure_speeds(model_name: str, spec: DataSpec, batch: int, steps: int = 6, *,
+def measure_speeds(model_name: str, spec: DataSpec, batch: int, steps: int = 12, *,
                    data_dir: str | None = None) -> tuple[float, float]:
     """(training, evaluation) images/s. Training: the engine's own loop (:func:`fit`, nothing saved) over
     ``steps + 2`` real batches of ``batch`` images with the recipe's settings for a short run, timed
     step to step after the first two, median: what a run will see, data handling, scheduler, EMA
     and metrics included (a timing of the bare forward and backward passes was 1.5x too fast for
-    squeezenet1_1 and 0.8x for AlexNet). Evaluation: the median of 3 timed passes over a batch."""
+    squeezenet1_1 and 0.8x for AlexNet). AlexNet's steps at batch 128 vary from 0.68 to 0.92 s (one 1.5 s):
+    the median of 5 gave 136-180 images/s, so 12 are timed. Evaluation: the median of 3 timed passes."""
     base = TrainConfig.from_dict({**recipe(model_name), "model": model_name, "data_dir": data_dir, "epochs": 1,
                                   "batch_size": batch, "train_samples": batch * (steps + 2), "test_samples": 10,
                                   "warmup_epochs": 0.0})
