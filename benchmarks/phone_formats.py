@@ -43,8 +43,9 @@ from pocketcnn.artifacts.source import ModelSource, load_model_source
 from pocketcnn.bench.timing import measure_many
 from pocketcnn.compress.quantize import quantize_onnx
 from pocketcnn.data.spec import imagenet_spec
+from pocketcnn.data.transforms import load_images
 from pocketcnn.export.onnx import export_onnx
-from pocketcnn.export.tflite import export_tflite, load_images
+from pocketcnn.export.tflite import export_tflite
 from pocketcnn.export.torch_formats import export_pte
 from pocketcnn.models.registry import create_model
 from pocketcnn.optimize import fold_batchnorm

@@ -124,3 +124,16 @@ def test_fashion_mnist_benchmark_weight_decay_override_is_its_own_run(tmp_path, 
     assert "| 2 | 28 | 0.25 | 0.1 | 60,000 |" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="weight_decay >= 0"):
         bench.main([*args, "--weight-decay", "-1"])
+
+
+OPTIONAL = {"phone_formats": ("litert_torch", "executorch"), "browser_latency": ("playwright",),
+            "browser_screenshot": ("playwright",)}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_imports(name):
+    """A script whose imports broke (a moved function) fails here, not months later when someone reruns it."""
+    for dep in OPTIONAL.get(name, ()):
+        pytest.importorskip(dep)
+    module = load_script(name)
+    assert callable(getattr(module, "main", None)), f"benchmarks/{name}.py has no main()"

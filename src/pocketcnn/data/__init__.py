@@ -5,8 +5,7 @@ Attributes are loaded on first use, so that ``pocketcnn.data.spec`` (the torch-f
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_getattr
 
 _LAZY = {
     "DataSpec": "spec", "IMAGENET_MEAN": "spec", "IMAGENET_STD": "spec", "imagenet_classes": "spec",
@@ -21,10 +20,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

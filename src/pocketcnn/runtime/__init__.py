@@ -10,8 +10,7 @@ Names are loaded on first use, so ``import pocketcnn.runtime`` costs nothing.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_getattr
 
 _LAZY = {
     "load_image": "images", "to_model_mode": "images", "preprocess": "images", "MAX_IMAGE_PIXELS": "images",
@@ -23,10 +22,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

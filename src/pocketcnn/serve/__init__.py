@@ -20,18 +20,11 @@ its own ``{"image", "error"}`` record), 400 (no image, malformed form, bad ``top
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_getattr
 
 _LAZY = {"create_app": "app", "app_from_env": "app", "run_server": "server", "ServeSettings": "settings"}
 
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

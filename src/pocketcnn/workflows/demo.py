@@ -310,7 +310,8 @@ def _claim(board: dict[str, Any]) -> str:
     text = (f"On real Fashion-MNIST test images, {sq['model']} reaches {sq['top1']:.2f}% top-1 against AlexNet's "
             f"{alex['top1']:.2f}% ({diff:+.2f} points) with {alex['params'] / sq['params']:.0f}x fewer parameters "
             f"({sq['size_mb']:.2f} MB vs {alex['size_mb']:.1f} MB) and {alex['macs'] / sq['macs']:.1f}x fewer "
-            f"mult-adds, in the same training time.")
+            f"mult-adds, within the same share of training time ({sq['model']} used {sq['train_seconds']:.0f} s, "
+            f"AlexNet {alex['train_seconds']:.0f} s).")
     chain = board.get("chain")
     if chain:
         pcz = chain["stages"][2]
