@@ -201,8 +201,11 @@ def test_8_demo_says_which_test_images_it_ranked_on():
 
 
 def test_9_ctrl_c_during_start_up_is_one_line_and_exit_130():
+    # a user's terminal delivers Ctrl-C; a job started in the background of a script inherits SIGINT
+    # ignored (and Python then keeps it ignored), so the child gets the default disposition back
     proc = subprocess.Popen([sys.executable, "-m", "pocketcnn", "models"], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.3)  # inside the start-up: PyTorch takes seconds to import
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
