@@ -25,8 +25,9 @@ LAYERS = {
 # modules that must import neither torch nor torchvision at module level (the light install runs them)
 TORCH_FREE = ["errors", "fileio", "lazy", "data/spec.py", "data/__init__.py", "artifacts/__init__.py", "artifacts/metadata.py",
               "runtime/__init__.py", "runtime/images.py", "runtime/onnx.py", "runtime/predictor.py", "runtime/loader.py",
-              "runtime/litert.py", "workflows/predict.py", "serve", "cli/__init__.py", "cli/common.py",
-              "cli/predict.py", "cli/serve.py", "runtime/web.py", "cli/web.py", "__init__.py", "__main__.py"]
+              "runtime/litert.py", "workflows/predict.py", "serve", "runtime/web.py", "__init__.py", "__main__.py",
+              # every command module (--help works without torch), and what their options list
+              "cli", "compress/options.py", "export/formats.py", "train/config.py"]
 
 
 def modules() -> list[Path]:

@@ -47,6 +47,33 @@ class MissingDependencyError(PocketCNNError):
     """A feature whose optional package is not installed; the message names the extra to install."""
 
 
+# The optional packages (top-level module -> the pyproject extra that installs it). The base install
+# (numpy, onnxruntime, Pillow, click, rich, starlette, uvicorn) is the light, deployed side.
+EXTRA_OF_MODULE = {
+    "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "train",
+    "safetensors": "train", "executorch": "mobile", "coremltools": "mobile", "litert_torch": "litert",
+    "ai_edge_litert": "litert", "ray": "ray", "pyarrow": "ray",
+}
+PACKAGE_OF_MODULE = {"torch": "PyTorch", "ai_edge_litert": "ai-edge-litert", "litert_torch": "litert-torch"}
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs an extra, e.g. ``pip install 'pocketcnn[train]'``."""
+    return f"pip install 'pocketcnn[{extra}]'"
+
+
+def missing_extra(exc: ModuleNotFoundError, what: str) -> MissingDependencyError | None:
+    """``exc`` (an optional package that is not installed) as one line naming ``what`` needed it and the
+    install; None when the missing module is not one of the optional packages (a real bug: let it raise)."""
+    root = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(root)
+    if extra is None:
+        return None
+    package = PACKAGE_OF_MODULE.get(root, root)
+    light = " (the light install leaves it out)" if extra == "train" else ""
+    return MissingDependencyError(f"{what} needs {package}, which is not installed{light}: {install_hint(extra)}")
+
+
 class TrainingError(PocketCNNError):
     """Training stopped because it cannot go on (non-finite loss, for example)."""
 

@@ -11,7 +11,7 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import PocketCNNError
+from ..errors import PocketCNNError, missing_extra
 
 # command name -> "module:function" under pocketcnn.cli
 COMMANDS = {
@@ -60,6 +60,11 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except PocketCNNError as exc:
             raise UserError(str(exc), getattr(exc, "exit_code", 1)) from None
+        except ModuleNotFoundError as exc:  # an optional package (PyTorch in the light install): one line
+            error = missing_extra(exc, f"pocketcnn {ctx.invoked_subcommand or ''}".strip())
+            if error is None:
+                raise
+            raise UserError(str(error), error.exit_code) from None
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
 

@@ -17,17 +17,23 @@ out_console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def echo_json(obj: Any) -> None:
-    """Print exactly one JSON document on stdout."""
-    click.echo(json.dumps(obj, indent=2, default=_jsonable))
+    """Print exactly one JSON document on stdout: strict JSON (a NaN or infinity becomes null),
+    numpy arrays and scalars as lists and numbers, anything else as its string."""
+    click.echo(json.dumps(jsonable(obj), indent=2, allow_nan=False))
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types; ``json.dumps`` calls no ``default=`` for a float, so NaN is handled here."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return jsonable(value.tolist())
     return str(value)
 
 
@@ -61,5 +67,40 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def is_tty() -> bool:
-    return sys.stderr.isatty()
+class RichProgress:
+    """Engine callbacks drawing one rich progress bar per epoch on stderr."""
+
+    def __init__(self, enabled: bool, verbose: bool = False) -> None:
+        self.enabled = enabled  # progress bars (a terminal)
+        self.verbose = verbose or enabled  # the set-up's choices
+        self.progress = None
+
+    def on_start(self, notes: list[str]) -> None:
+        """What the set-up chose (input size, pretrained weights, frozen layers): one line each, unless quiet."""
+        if self.verbose:
+            for note in notes:
+                err_console.print(f"[dim]train:[/dim] {note}", highlight=False)
+
+    def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err_console,
+                                 transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, info="")
+
+    def on_step(self, step: int, loss: float, acc: float, images_per_s: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step,
+                                 info=f"loss {loss:.3f}  acc {acc:5.1f}%  {images_per_s:,.0f} img/s")
+
+    def on_epoch_end(self, m: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.enabled:
+            err_console.print(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}  test top-1 {m['test_top1']:.2f}%"
+                              f"  top-5 {m['test_top5']:.2f}%  {m['images_per_s']:,.0f} img/s  {m['epoch_seconds']:.0f}s")

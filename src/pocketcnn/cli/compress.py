@@ -6,8 +6,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .common import echo_json, err_console, out_console
-from .train import RichProgress
+from .common import RichProgress, echo_json, err_console, out_console
 
 
 @click.command()

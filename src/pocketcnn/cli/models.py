@@ -4,12 +4,14 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..analysis import LAYER_TYPES, profile
-from ..models.registry import create_model, list_models, model_config
 from .common import ModelName, echo_json, human, out_console
 
 
 def _profile(name: str, input_size: int | None, in_chans: int = 3, num_classes: int = 1000, **kwargs):
+    """Build ``name`` (PyTorch, imported here so that --help needs none) and count its layers."""
+    from ..analysis import profile
+    from ..models.registry import create_model, model_config
+
     info = model_config(name)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     size = input_size or info.input_size[1]
@@ -21,6 +23,8 @@ def _profile(name: str, input_size: int | None, in_chans: int = 3, num_classes: 
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def models(pattern: str, as_json: bool) -> None:
     """List registered models matching PATTERN (fnmatch, default '*')."""
+    from ..models.registry import list_models, model_config
+
     rows = []
     for name in list_models(pattern):
         info = model_config(name)
@@ -66,6 +70,8 @@ def inspect(name, width, input_size, in_chans, num_classes, small_input, as_json
         table.add_row(r.name, r.type, "x".join(map(str, r.out_shape)), f"{r.params:,}", f"{r.macs:,}",
                       f"{r.act_bytes / 1024:.0f}")
     out_console.print(table)
+    from ..analysis import LAYER_TYPES
+
     shares = Table("type", "params", "params %", "mult-adds", "mult-adds %", title="share by layer type")
     for t in LAYER_TYPES:
         s = p.by_type[t]

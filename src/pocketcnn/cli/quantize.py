@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..compress.quantize import ACTIVATION_TYPE, ACTIVATION_TYPES, BACKENDS, TORCH_METHODS
+from ..compress.options import ACTIVATION_TYPE, ACTIVATION_TYPES, BACKENDS, TORCH_METHODS
 from .common import echo_json, err_console, out_console
 
 

@@ -13,52 +13,13 @@ from ..data.spec import DATASETS
 from ..errors import ConfigError, TrainingError
 from ..train.config import (AUGMENTS, DEVICES, FREEZE, OPTIMIZERS, SCHEDULES, TrainConfig, config_changes, load_config_file,
                             recipe)
-from .common import ModelName, echo_json, err_console
+from .common import ModelName, RichProgress, echo_json, err_console
 
 # option name -> TrainConfig field, for the options that map one to one
 FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
           "weight_decay", "label_smoothing", "amp", "channels_last", "ema", "seed", "workers", "train_samples",
           "test_samples", "out", "input_size", "device", "sync_bn", "erase_prob", "weights", "weights_dir", "freeze",
           "lr_features", "val_split")
-
-
-class RichProgress:
-    """Engine callbacks drawing one rich progress bar per epoch on stderr."""
-
-    def __init__(self, enabled: bool, verbose: bool = False) -> None:
-        self.enabled = enabled  # progress bars (a terminal)
-        self.verbose = verbose or enabled  # the set-up's choices
-        self.progress = None
-
-    def on_start(self, notes: list[str]) -> None:
-        """What the set-up chose (input size, pretrained weights, frozen layers): one line each, unless quiet."""
-        if self.verbose:
-            for note in notes:
-                err_console.print(f"[dim]train:[/dim] {note}", highlight=False)
-
-    def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        if not self.enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err_console,
-                                 transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=steps, info="")
-
-    def on_step(self, step: int, loss: float, acc: float, images_per_s: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step,
-                                 info=f"loss {loss:.3f}  acc {acc:5.1f}%  {images_per_s:,.0f} img/s")
-
-    def on_epoch_end(self, m: dict) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-        if self.enabled:
-            err_console.print(f"epoch {m['epoch']}: train loss {m['train_loss']:.4f}  test top-1 {m['test_top1']:.2f}%"
-                              f"  top-5 {m['test_top5']:.2f}%  {m['images_per_s']:,.0f} img/s  {m['epoch_seconds']:.0f}s")
 
 
 def build_config(params: dict, given: set[str], saved: dict | None = None) -> TrainConfig:

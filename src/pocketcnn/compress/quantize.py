@@ -33,11 +33,7 @@ from torch import nn
 from ..errors import ConfigError, DataError, ExportError, first_line
 from ..fileio import atomic_write
 from ..int8 import fx_convert, fx_prepare
-
-BACKENDS = ("onnxruntime", "torch")
-TORCH_METHODS = ("fx", "pt2e")
-ACTIVATION_TYPES = ("qint8", "quint8")
-ACTIVATION_TYPE = "quint8"  # measured: see quantize_onnx
+from .options import ACTIVATION_TYPE, ACTIVATION_TYPES, BACKENDS, TORCH_METHODS  # noqa: F401 (re-exported)
 
 
 # ------------------------------------------------------------------------------ ONNX Runtime

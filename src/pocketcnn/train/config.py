@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, close_matches
-from ..models.registry import model_config
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "constant")
@@ -66,6 +65,7 @@ class TrainConfig:
     val_split: float | None = None  # hold out this class-balanced share of the training images as the test split
 
     def __post_init__(self) -> None:
+        from ..models.registry import model_config  # imports PyTorch: kept out of `--help`
         model_config(self.model)  # unknown name -> UnknownModelError with close matches
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -140,6 +140,7 @@ class TrainConfig:
         if self.epochs <= SHORT_RUN_EPOCHS:
             if "augment" not in fixed:
                 changes["augment"] = ()
+            from ..models.registry import model_config  # imports PyTorch: kept out of `--help`
             short = model_config(self.model).short_recipe  # e.g. AlexNet's higher peak learning rate
             changes.update({k: v for k, v in short.items() if k not in fixed})
         return self.replace(**changes)
@@ -200,4 +201,5 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def recipe(model: str) -> dict[str, Any]:
     """The model's training recipe for small images (its :class:`~pocketcnn.models.registry.ModelConfig`'s
     ``recipe``), as a copy: the flags a user gives win."""
+    from ..models.registry import model_config  # imports PyTorch: kept out of `--help`
     return json.loads(json.dumps(dict(model_config(model).recipe)))
