@@ -216,3 +216,25 @@ def test_cli_export_errors_are_one_line(tmp_path, cli_runner):
     bad.write_bytes(b"not a checkpoint")
     res = cli_runner.invoke(cli, ["export", str(bad)])
     assert res.exit_code == 1 and "bad.pt" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cli_export_web_folder_as_typed(ckpt, tmp_path, as_json):
+    """`pocketcnn export CKPT --format web --out DIR` exits 0 and says what it wrote, in text and in JSON
+    (it wrote the folder and then failed on fields only file exports have, #27). Run as a user types it."""
+    import subprocess
+
+    site = tmp_path / "site"
+    args = [sys.executable, "-m", "pocketcnn", "export", str(ckpt), "--format", "web", "--out", str(site),
+            "--verify-samples", "2"] + (["--json"] if as_json else [])
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and (site / "index.html").is_file() and (site / "model.onnx").is_file()
+    if as_json:
+        d = json.loads(res.stdout)
+        assert d["path"] == str(site) and d["format"] == "web" and d["warnings"] == []
+        assert d["total_bytes"] == sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+        assert d["verification"]["passed"] is True
+    else:
+        assert res.stdout.startswith(f"wrote {site}/ (") and "verified with onnxruntime" in res.stdout
+        assert f"python -m http.server -d {site} 8080" in res.stdout

@@ -61,9 +61,33 @@ def export(source, weights, fmt, opset, dynamic_batch, int8, calib_data, calib_s
                           test_samples=test_samples or None, precision=precision)
     if as_json:
         echo_json(result.to_dict())
-        for warning in result.warnings:
-            err_console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
-        return
+    elif fmt == "web":
+        _print_web(result)
+    else:
+        _print_file(result, fmt)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+
+
+def _verified(v) -> str:
+    """The check of an fp32 file against PyTorch, in one line."""
+    return (f"verified with {v.runtime} on {v.inputs}: max |logit diff| {v.max_abs_diff:.2e} (limit {v.atol:g}), "
+            f"top-1 agreement {100 * v.top1_agreement:.0f}%")
+
+
+def _print_web(result) -> None:
+    """A static web folder: what it holds and how its model was verified."""
+    out_console.print(f"wrote {result.path}/ ({len(result.files)} files, {result.total_bytes / 2**20:.2f} MB: model "
+                      f"{result.model_bytes / 2**20:.2f} MB, runtime {result.runtime_bytes / 2**20:.2f} MB, page "
+                      f"{result.page_bytes / 2**10:.0f} KB; input {'x'.join(map(str, result.input_size))}) in "
+                      f"{result.seconds:.1f} s", highlight=False)
+    out_console.print(_verified(result.verification), highlight=False)
+    out_console.print(f"serve it with any static file server, e.g. python -m http.server -d {result.path} 8080",
+                      highlight=False)
+
+
+def _print_file(result, fmt: str) -> None:
+    """One exported file: its size, layout, and its verification in its own runtime."""
     v = result.verification
     what = f"opset {result.opset}, " if result.opset else ""
     batch = "dynamic batch" if result.dynamic_batch else "batch 1"
@@ -81,7 +105,4 @@ def export(source, weights, fmt, opset, dynamic_batch, int8, calib_data, calib_s
                           f"{v.int8_top1:.2f}% vs fp32 {v.fp32_top1:.2f}% ({-v.top1_drop:+.2f} points), top-1 "
                           f"agreement {100 * v.top1_agreement:.1f}%", highlight=False)
     else:
-        out_console.print(f"verified with {v.runtime} on {v.inputs}: max |logit diff| {v.max_abs_diff:.2e} "
-                          f"(limit {v.atol:g}), top-1 agreement {100 * v.top1_agreement:.0f}%")
-    for warning in result.warnings:
-        err_console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+        out_console.print(_verified(v), highlight=False)
