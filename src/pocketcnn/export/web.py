@@ -67,6 +67,7 @@ class WebExportResult:
 
     format = "web"
     dynamic_batch = False  # the page runs one image at a time
+    warnings: tuple[str, ...] = ()  # as ExportResult's: an fp32 folder that verified has none
 
     @property
     def total_bytes(self) -> int:
