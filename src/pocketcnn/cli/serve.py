@@ -36,6 +36,8 @@ def serve(model, host, port, workers, max_batch, max_wait_ms, max_body_mb, threa
     GET  /             the browser page: classify photos on the server or on the device
     GET  /healthz      health check
     GET  /metrics      Prometheus metrics
+    /v2/...            the Open Inference Protocol (KServe v2): Triton's and
+                       KServe's clients, JSON or binary tensors, image bytes
 
     Answers are the records of 'pocketcnn predict --json'. Binds 127.0.0.1 unless --host
     says otherwise; SIGTERM or Ctrl-C stop it gracefully.

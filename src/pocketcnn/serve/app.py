@@ -6,6 +6,7 @@
 ``GET  /healthz``     ``{"status": "ok"}``
 ``GET  /metrics``     Prometheus text format
 ``GET  /``            ``static_dir/index.html``, else a small page naming the model and routes
+``/v2/...``            the Open Inference Protocol (KServe v2, Triton's clients): :mod:`.v2`
 
 Every response carries the COOP/COEP headers of cross-origin isolation (:mod:`.isolation`).
 """
@@ -35,7 +36,9 @@ from .batching import BatcherClosed, DynamicBatcher
 from .bodies import HTTPProblem, Upload, parse_request, parse_topk
 from .isolation import CrossOriginIsolation
 from .metrics import MetricsMiddleware, ServeMetrics
+from .page import page_routes
 from .settings import MB, ServeSettings
+from .v2 import score_batch, v2_routes
 
 
 class ModelService:
@@ -51,7 +54,7 @@ class ModelService:
         self.metrics = ServeMetrics()
         self.decode_pool = ThreadPoolExecutor(max(2, default_threads()), thread_name_prefix="pocketcnn-decode")
         self.model_pool = ThreadPoolExecutor(runs, thread_name_prefix="pocketcnn-model")
-        self.batcher = DynamicBatcher(self.predictor.probabilities, max_batch=settings.max_batch,
+        self.batcher = DynamicBatcher(score_batch(self.predictor), max_batch=settings.max_batch,
                                       max_wait_s=settings.max_wait_ms / 1000.0, executor=self.model_pool,
                                       on_batch=self.metrics.observe_batch, parallel=runs)
         self._info: dict[str, Any] | None = None
@@ -129,7 +132,7 @@ def app_from_settings(settings: ServeSettings) -> Starlette:
             service.metrics.count_images(len(good), len(decoded) - len(good))
             if parsed.raw and not good:
                 raise HTTPProblem(422, str(decoded[0]))
-            probs = iter(await service.batcher.submit(good) if good else [])
+            probs = iter([s.probs for s in await service.batcher.submit(good)] if good else [])  # v2.Scores
         except HTTPProblem as exc:
             return _error(exc.status, exc.message)
         except BatcherClosed as exc:
@@ -172,7 +175,9 @@ def app_from_settings(settings: ServeSettings) -> Starlette:
 
     routes = [Route("/v1/predict", predict, methods=["POST"]), Route("/v1/model", model_info),
               Route("/v1/model.onnx", model_file),
-              Route("/healthz", healthz), Route("/metrics", metrics), Route("/", index)]
+              Route("/healthz", healthz), Route("/metrics", metrics), Route("/", index),
+              *v2_routes(service)]  # the Open Inference Protocol (KServe v2)
+    routes += page_routes(service.path, service.name, settings.static_dir)  # the installable, offline page: .page
     if settings.static_dir is not None:
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
 

@@ -54,6 +54,11 @@ class DynamicBatcher:
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the server is shutting down)."""
+        return self._closed
+
     def _ensure_started(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():  # first use, or a new loop (tests)

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 ROUTES = ("/v1/predict", "/v1/model", "/v1/model.onnx", "/healthz", "/metrics", "/")
+V2_ROUTES = ("/v2", "/v2/health/live", "/v2/health/ready")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -22,6 +23,12 @@ def route_label(path: str) -> str:
     """A bounded label for a request path: a known route, ``/static`` or ``other``."""
     if path in ROUTES:
         return path
+    if path == "/v2" or path.startswith("/v2/"):  # the Open Inference Protocol: one label per route
+        parts = path.split("/")
+        if len(parts) < 4 or parts[2] != "models":
+            return path if path in V2_ROUTES else "other"
+        tail = parts[-1] if len(parts) > 4 and parts[-1] in ("infer", "ready", "config") else ""
+        return "/v2/models/{name}" + (f"/{tail}" if tail else "")
     return "/static" if path.startswith("/static/") else "other"
 
 
