@@ -4,18 +4,27 @@ Layout (the page's relative URLs are the same as under ``pocketcnn serve``)::
 
     DIR/index.html          the packaged page, told there is no server (data-api="")
     DIR/model.onnx          the model with its pocketcnn metadata (the page reads it from the file)
-    DIR/static/app.js, preprocess.js, style.css
+    DIR/model.tflite        the same model for LiteRT.js (fp32, NHWC input, the same metadata)
+    DIR/sw.js               the service worker: the page works offline after the first visit
+    DIR/offline.json        what it stores, in a cache named by the model's SHA-256
+    DIR/manifest.webmanifest the web app manifest (a phone can install the page)
+    DIR/static/app.js, preprocess.js, style.css, icons/
     DIR/static/ort/         ONNX Runtime Web (wasm build) and its manifest
+    DIR/static/litert/      LiteRT.js (its API and WebAssembly builds) and its manifest
     DIR/README.txt          how to serve it
 
-The ONNX file is written with :func:`~pocketcnn.export.onnx.export_onnx` (batch 1) and
-verified against PyTorch with :func:`~pocketcnn.export.verify.verify_export` before the
-folder appears: it is staged beside ``DIR`` and renamed into place, so ``DIR`` is either
-the old folder or the complete new one. Any static server works (``python -m
-http.server``); one that sends the COOP/COEP headers lets the page use several threads.
+The ONNX file is written with :func:`~pocketcnn.export.onnx.export_onnx` (batch 1), the
+``.tflite`` with :func:`~pocketcnn.export.tflite.export_tflite` (needs the ``litert`` extra;
+without it the folder has no ``.tflite`` and the page runs ONNX Runtime Web, and the result
+says so in ``warnings``); each is verified against PyTorch with
+:func:`~pocketcnn.export.verify.verify_export` before the folder appears: it is staged
+beside ``DIR`` and renamed into place, so ``DIR`` is either the old folder or the complete
+new one. Any static server works (``python -m http.server``); one that sends the COOP/COEP
+headers lets the page use several threads.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -27,16 +36,21 @@ from typing import Any
 from ..artifacts.source import ModelSource
 from ..errors import ExportError, OutputError
 from ..fileio import check_writable_dir
-from ..runtime.web import MANIFEST, ORT_WEB_FILES, PAGE_FILES, packaged_page, require_ort_web
+from ..runtime.web import (ICON_FILES, LITERT_FILES, LITERT_MANIFEST, MANIFEST, OFFLINE_PLAN, ORT_WEB_FILES,
+                           PAGE_FILES, SERVICE_WORKER, WEB_MANIFEST, offline_plan, packaged_page, require_litert_js,
+                           require_ort_web, web_manifest)
 from .verify import ATOL, Verification, verification_inputs, verify_export
 
 MODEL_FILE = "model.onnx"
+TFLITE_FILE = "model.tflite"
 # The page's <body> as packaged (served by pocketcnn serve) and as exported (no server).
-SERVED_BODY = '<body data-api="v1/" data-model="v1/model.onnx" data-runtime="static/ort/">'
-STATIC_BODY = f'<body data-api="" data-model="{MODEL_FILE}" data-runtime="static/ort/">'
+SERVED_BODY = ('<body data-api="v1/" data-model="v1/model.onnx" data-tflite="v1/model.tflite" '
+               'data-runtime="static/ort/" data-litert="static/litert/">')
+STATIC_BODY = (f'<body data-api="" data-model="{MODEL_FILE}" data-tflite="{TFLITE_FILE}" '
+               'data-runtime="static/ort/" data-litert="static/litert/">')
 README = """\
 {model}: a browser page that classifies photos on the visitor's device
-(ONNX Runtime Web {ort_version}, WebAssembly). Written by pocketcnn {version}.
+({runtimes}, WebAssembly). Written by pocketcnn {version}.
 
 Serve this folder with any static file server and open it, for example:
 
@@ -46,7 +60,9 @@ Serve this folder with any static file server and open it, for example:
 Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp
 the page runs the model on several threads; without them, on one.
 
-model.onnx carries the preprocessing and class names as metadata (input {input}).
+model.onnx (and model.tflite, for LiteRT.js) carry the preprocessing and class names as
+metadata (input {input}). After the first visit the page works offline (sw.js keeps the
+page, its runtime and its model); a phone can install it (manifest.webmanifest).
 """
 
 
@@ -59,14 +75,21 @@ class WebExportResult:
     files: dict[str, int]
     model_bytes: int
     runtime_bytes: int  # ONNX Runtime Web files
-    page_bytes: int  # index.html, scripts, style
+    page_bytes: int  # index.html, scripts, style, service worker, manifest, icons
     input_size: tuple[int, int, int]
     opset: int
     seconds: float  # export time, verification excluded
     verification: Verification
+    tflite_bytes: int = 0  # model.tflite, 0 when not written
+    litert_bytes: int = 0  # LiteRT.js files (every build; a visitor downloads one)
+    tflite_verification: Verification | None = None
+    sha256: str = ""  # of model.onnx: names the page's offline cache
+    warnings: tuple[str, ...] = ()
 
     format = "web"
     dynamic_batch = False  # the page runs one image at a time
+    precision = "fp32"
+    layout = "NCHW"  # model.onnx; model.tflite is NHWC
     warnings: tuple[str, ...] = ()  # as ExportResult's: an fp32 folder that verified has none
 
     @property
@@ -81,7 +104,7 @@ class WebExportResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(path=str(self.path), format=self.format, size_bytes=self.size_bytes, total_bytes=self.total_bytes,
-                 dynamic_batch=self.dynamic_batch)
+                 dynamic_batch=self.dynamic_batch, precision=self.precision, warnings=list(self.warnings))
         return d
 
 
@@ -97,17 +120,34 @@ def check_web_out(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
+def litert_available() -> bool:
+    """Whether this install can write ``.tflite`` files (the ``litert`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("litert_torch") is not None
+
+
 def export_web(source: ModelSource, out_dir: str | Path, *, opset: int = 17, verify_n: int = 8,
                data_dir: str | Path | None = None, atol: float = ATOL, runtime_dir: str | Path | None = None,
+               litert_dir: str | Path | None = None, tflite: bool | None = None,
                overwrite: bool = False) -> WebExportResult:
     """Write ``source`` as a static web folder ``out_dir`` (see the module docstring) and return what it holds.
 
-    ``runtime_dir``: where ONNX Runtime Web's files are (default: the package's, from
-    ``pocketcnn web-runtime``). ``overwrite``: replace a folder that is not empty.
+    ``runtime_dir`` / ``litert_dir``: where ONNX Runtime Web's / LiteRT.js's files are
+    (default: the package's, from ``pocketcnn web-runtime``). ``tflite``: write
+    ``model.tflite`` for LiteRT.js (default: when the ``litert`` extra is installed; True
+    without it is a MissingDependencyError). ``overwrite``: replace a folder that is not empty.
     OutputError, WebRuntimeError or ExportError (one line) before anything is left behind.
     """
     out = check_web_out(out_dir, overwrite=overwrite)
     runtime = require_ort_web(runtime_dir)
+    warnings: list[str] = []
+    if tflite is None:
+        tflite = litert_available()
+        if not tflite:
+            warnings.append("no model.tflite (LiteRT.js, the faster runtime in the browser): the litert extra is not "
+                            "installed (pip install 'pocketcnn[litert]'); the page runs ONNX Runtime Web")
+    litert = require_litert_js(litert_dir) if tflite else None
     page = packaged_page()
     if page is None:
         raise ExportError("the browser page is missing from this pocketcnn install (pocketcnn/web/); reinstall it")
@@ -130,17 +170,43 @@ def export_web(source: ModelSource, out_dir: str | Path, *, opset: int = 17, ver
             raise ExportError(f"{out}: not written: {check.runtime} disagrees with PyTorch on {desc}: max |logit diff| "
                               f"{check.max_abs_diff:.3g} (limit {atol:g}), top-1 agreement "
                               f"{100 * check.top1_agreement:.1f}%")
+        tflite_check = None
+        if tflite:
+            from .tflite import export_tflite
+
+            tflite_path = export_tflite(source.model, staging / TFLITE_FILE, input_size=size,
+                                        metadata=source.metadata())
+            tflite_check = verify_export(tflite_path, source.model, inputs, atol=atol, inputs_desc=desc)
+            if not tflite_check.passed:
+                raise ExportError(f"{out}: not written: {tflite_check.runtime} disagrees with PyTorch on {desc}: "
+                                  f"max |logit diff| {tflite_check.max_abs_diff:.3g} (limit {atol:g}), top-1 "
+                                  f"agreement {100 * tflite_check.top1_agreement:.1f}%")
         (staging / "static" / "ort").mkdir(parents=True)
         (staging / "index.html").write_text(index.replace(SERVED_BODY, STATIC_BODY), encoding="utf-8")
         for name in PAGE_FILES:
-            if name != "index.html":
+            if name not in ("index.html", SERVICE_WORKER):
                 shutil.copyfile(page / name, staging / "static" / name)
+        shutil.copyfile(page / SERVICE_WORKER, staging / SERVICE_WORKER)  # its scope is the folder: at the top
+        for name in ICON_FILES:
+            (staging / "static" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(page / name, staging / "static" / name)
         for name in (*ORT_WEB_FILES, MANIFEST):
             shutil.copyfile(runtime.path / name, staging / "static" / "ort" / name)
+        if litert is not None:
+            for name in (*LITERT_FILES, LITERT_MANIFEST):
+                (staging / "static" / "litert" / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(litert.path / name, staging / "static" / "litert" / name)
         from .. import __version__
 
+        runtimes = " or ".join(r for r in (f"LiteRT.js {litert.version}" if litert else None,
+                                           f"ONNX Runtime Web {runtime.version}") if r)
         (staging / "README.txt").write_text(README.format(
-            model=source.name, ort_version=runtime.version, version=__version__, input="x".join(map(str, size))))
+            model=source.name, runtimes=runtimes, version=__version__, input="x".join(map(str, size))))
+        (staging / WEB_MANIFEST).write_text(json.dumps(web_manifest(source.name), indent=2) + "\n")
+        plan = offline_plan(source.name, (MODEL_FILE, model_path),
+                            tflite=(TFLITE_FILE, staging / TFLITE_FILE) if tflite else None, page=page,
+                            ort=runtime, litert=litert)
+        (staging / OFFLINE_PLAN).write_text(json.dumps(plan, indent=2) + "\n")
         files = {p.relative_to(staging).as_posix(): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
         for p in staging.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
@@ -151,9 +217,12 @@ def export_web(source: ModelSource, out_dir: str | Path, *, opset: int = 17, ver
         shutil.rmtree(staging, ignore_errors=True)
         raise
     runtime_bytes = sum(v for k, v in files.items() if k.startswith("static/ort/"))
-    page_bytes = sum(v for k, v in files.items() if k == "index.html" or k.startswith("static/") and k.count("/") == 1)
+    litert_bytes = sum(v for k, v in files.items() if k.startswith("static/litert/"))
+    page_bytes = sum(v for k, v in files.items() if k in ("index.html", SERVICE_WORKER, WEB_MANIFEST)
+                     or k.startswith("static/") and (k.count("/") == 1 or k.startswith("static/icons/")))
     return WebExportResult(out, source.name, files, files[MODEL_FILE], runtime_bytes, page_bytes, size, opset_used,
-                           seconds, check)
+                           seconds, check, files.get(TFLITE_FILE, 0), litert_bytes, tflite_check, str(plan["sha256"]),
+                           tuple(warnings))
 
 
 def _replace_folder(staging: Path, out: Path) -> None:

@@ -1,4 +1,4 @@
-"""The browser runtime's files: the page (``pocketcnn/web/``) and the pinned ONNX Runtime Web.
+"""The browser runtime's files: the page (``pocketcnn/web/``), the pinned ONNX Runtime Web and LiteRT.js.
 
 The page (``index.html``, ``app.js``, ``preprocess.js``, ``style.css``) is part of the
 package. ONNX Runtime Web is not: its WebAssembly build is about 15 MB, so the repository
@@ -12,6 +12,13 @@ Only the wasm build is taken: ``ort.wasm.min.js`` (the API), ``ort-wasm-simd-thr
 (the Emscripten loader, also the worker script of the threads) and
 ``ort-wasm-simd-threaded.wasm``. The default ``ort.min.js`` would also want the WebGPU/JSEP
 files. Torch-free, standard library only.
+
+LiteRT.js (``@litertjs/core`` and ``@litertjs/wasm-utils``, pinned and checked the same way,
+:func:`fetch_litert_js`) goes into ``pocketcnn/web/litert/``: ``core/index.js`` (the API, an
+ES module that imports the bare name ``@litertjs/wasm-utils``; the page's import map points
+it at ``wasm-utils/index.js``) and ``core/wasm/`` with three of its four WebAssembly builds:
+threaded (relaxed SIMD and threads, for a cross-origin isolated page), plain (relaxed SIMD)
+and compat (neither). ``loadLiteRt`` picks one; a visitor downloads only that one.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, MissingDependencyError, OutputError, PocketCNNError, first_line
@@ -34,7 +42,27 @@ ORT_WEB_VERSION = "1.31.1"
 ORT_WEB_INTEGRITY = "sha512-5GeH+bWQ+HxM10z7erGlsWqryrwMbSvm/1tkIsKTT48g0fI19VXVVC435t4t7VsPdSQeS7NmuZPXrQ73k82URw=="
 ORT_WEB_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 MANIFEST = "onnxruntime-web.json"
-PAGE_FILES = ("index.html", "app.js", "preprocess.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "preprocess.js", "style.css", "sw.js")
+ICON_FILES = ("icons/icon-192.png", "icons/icon-512.png", "icons/icon-maskable-512.png")
+
+LITERT_VERSION = "2.5.3"
+# ``npm view @litertjs/core@2.5.3 dist.integrity`` and the same for @litertjs/wasm-utils
+LITERT_PACKAGES = {
+    "@litertjs/core": "sha512-PlGmbMOq9WitX7FO0jhbdJw9GthatsyuCQXjTt/wJZo0FLaw48q4tz8IwqgqCIkviYGr9OFDL1kCnN4nzWoyJQ==",
+    "@litertjs/wasm-utils":
+        "sha512-4fJiw6tBQnIs+0jH/OQ16nYOiSl8/+zZnn5h2ul8aTKHi05sVqZW580Tmk78pC2kT39A9OYBVdFawteZ/sI1kQ==",
+}
+_BUILDS = ("litert_wasm_threaded_internal", "litert_wasm_internal", "litert_wasm_compat_internal")
+# tarball member -> path in the runtime folder, per package
+LITERT_MEMBERS = {
+    "@litertjs/core": {"package/dist/index.js": "core/index.js",
+                       **{f"package/wasm/{b}.{x}": f"core/wasm/{b}.{x}" for b in _BUILDS for x in ("js", "wasm")}},
+    "@litertjs/wasm-utils": {"package/dist/index.js": "wasm-utils/index.js"},
+}
+LITERT_FILES = tuple(f for members in LITERT_MEMBERS.values() for f in members.values())
+LITERT_MANIFEST = "litert.json"
+# what a visitor downloads: the API, and the build its browser gets
+LITERT_COMMON = ("core/index.js", "wasm-utils/index.js")
 
 
 class WebRuntimeError(PocketCNNError):
@@ -75,6 +103,11 @@ def ort_dir() -> Path:
     return page_dir() / "ort"
 
 
+def litert_dir() -> Path:
+    """Where :func:`fetch_litert_js` puts LiteRT.js by default: ``pocketcnn/web/litert/``."""
+    return page_dir() / "litert"
+
+
 def find_ort_web(path: str | Path | None = None, *, version: str | None = None) -> WebRuntime | None:
     """The runtime in ``path`` (default :func:`ort_dir`) when its manifest names ``version``
     (default: the pinned one) and every file is there with the size the manifest records; else None."""
@@ -102,6 +135,57 @@ def require_ort_web(path: str | Path | None = None) -> WebRuntime:
     return found
 
 
+@dataclass(frozen=True)
+class LiteRtJs:
+    """LiteRT.js files in a folder: ``files`` maps each relative path to its size in bytes."""
+
+    path: Path
+    version: str
+    integrity: dict[str, str]
+    files: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.files.values())
+
+    def build_bytes(self, build: str) -> int:
+        """What a visitor downloads with ``build`` (``threaded``, ``plain`` or ``compat``): API + loader + wasm."""
+        stem = {"threaded": _BUILDS[0], "plain": _BUILDS[1], "compat": _BUILDS[2]}[build]
+        names = (*LITERT_COMMON, f"core/wasm/{stem}.js", f"core/wasm/{stem}.wasm")
+        return sum(self.files[n] for n in names)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": str(self.path), "package": "@litertjs/core", "version": self.version,
+                "integrity": dict(self.integrity), "files": dict(self.files), "total_bytes": self.total_bytes}
+
+
+def find_litert_js(path: str | Path | None = None, *, version: str | None = None) -> LiteRtJs | None:
+    """LiteRT.js in ``path`` (default :func:`litert_dir`) when its manifest names ``version`` (default:
+    the pinned one) and every file is there with the recorded size; else None."""
+    folder = Path(path) if path is not None else litert_dir()
+    version = version or LITERT_VERSION
+    try:
+        manifest = json.loads((folder / LITERT_MANIFEST).read_text())
+        files = {name: int(manifest["files"][name]["bytes"]) for name in LITERT_FILES}
+        if manifest.get("version") != version:
+            return None
+        if any(not (folder / n).is_file() or (folder / n).stat().st_size != size for n, size in files.items()):
+            return None
+        return LiteRtJs(folder, str(manifest["version"]), dict(manifest.get("integrity", {})), files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def require_litert_js(path: str | Path | None = None) -> LiteRtJs:
+    """:func:`find_litert_js`, or a one-line WebRuntimeError saying how to get the files."""
+    found = find_litert_js(path)
+    if found is None:
+        folder = Path(path) if path is not None else litert_dir()
+        raise WebRuntimeError(f"{folder}: no LiteRT.js {LITERT_VERSION} files (@litertjs/core, the browser's "
+                              "LiteRT runtime); fetch them with 'pocketcnn web-runtime' (needs npm and the npm registry)")
+    return found
+
+
 def sri_sha512(path: str | Path) -> str:
     """The ``sha512-<base64>`` integrity string npm records for a tarball."""
     digest = hashlib.sha512()
@@ -111,26 +195,32 @@ def sri_sha512(path: str | Path) -> str:
     return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
-def _npm_pack(version: str, workdir: Path, npm: str, timeout_s: float) -> Path:
+def _tarball_name(package: str) -> str:
+    """The file name ``npm pack`` gives a package's tarball, without the version: ``litertjs-core``."""
+    return package.lstrip("@").replace("/", "-")
+
+
+def _npm_pack(version: str, workdir: Path, npm: str, timeout_s: float, package: str = ORT_WEB_PACKAGE) -> Path:
     exe = shutil.which(npm)
     if exe is None:
         raise MissingDependencyError(f"{npm!r} not found: install Node.js with npm, or download "
-                                     f"{ORT_WEB_PACKAGE}-{version}.tgz elsewhere and pass it as tarball (--tarball)")
-    cmd = [exe, "pack", f"{ORT_WEB_PACKAGE}@{version}", "--json", "--pack-destination", str(workdir)]
+                                     f"{_tarball_name(package)}-{version}.tgz elsewhere and pass it as tarball "
+                                     "(--tarball)")
+    cmd = [exe, "pack", f"{package}@{version}", "--json", "--pack-destination", str(workdir)]
     try:
         done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise WebRuntimeError(f"'npm pack {ORT_WEB_PACKAGE}@{version}' did not finish in {timeout_s:.0f} s") from None
+        raise WebRuntimeError(f"'npm pack {package}@{version}' did not finish in {timeout_s:.0f} s") from None
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit status {done.returncode}"
-        raise WebRuntimeError(f"'npm pack {ORT_WEB_PACKAGE}@{version}' failed: {reason}")
+        raise WebRuntimeError(f"'npm pack {package}@{version}' failed: {reason}")
     try:
         name = json.loads(done.stdout)[0]["filename"]
     except (ValueError, LookupError, TypeError):
-        found = sorted(workdir.glob(f"{ORT_WEB_PACKAGE}-*.tgz"))
+        found = sorted(workdir.glob(f"{_tarball_name(package)}-*.tgz"))
         if not found:
-            raise WebRuntimeError(f"'npm pack' wrote no {ORT_WEB_PACKAGE} tarball into {workdir}") from None
+            raise WebRuntimeError(f"'npm pack' wrote no {package} tarball into {workdir}") from None
         return found[0]
     return workdir / Path(name).name
 
@@ -214,3 +304,182 @@ def fetch_ort_web(dest: str | Path | None = None, *, version: str = ORT_WEB_VERS
     if found is None:  # pragma: no cover - only a concurrent writer gets here
         raise WebRuntimeError(f"{dest}: the runtime files changed while they were written")
     return found
+
+
+def tarball_package(tarball: str | Path) -> tuple[str, str]:
+    """``(name, version)`` from an npm tarball's ``package/package.json``."""
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            member = tar.getmember("package/package.json")
+            package = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+        return str(package["name"]), str(package["version"])
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WebRuntimeError(f"{tarball}: not a readable npm tarball ({first_line(exc)})") from None
+
+
+def _extract_members(tarball: Path, members: dict[str, str], staging: Path) -> dict[str, object]:
+    """Copy each tarball member of ``members`` to ``staging / members[name]``; return package.json."""
+    package: dict[str, object] = {}
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for member in tar:
+                if member.name == "package/package.json" and member.isfile():
+                    package = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                elif member.name in members and member.isfile():
+                    target = staging / members[member.name]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as dst:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, dst)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        raise WebRuntimeError(f"{tarball}: not a readable npm tarball ({first_line(exc)})") from None
+    missing = [m.removeprefix("package/") for m, rel in members.items() if not (staging / rel).is_file()]
+    if missing:
+        raise WebRuntimeError(f"{tarball}: has no {', '.join(missing)}")
+    return package
+
+
+def fetch_litert_js(dest: str | Path | None = None, *, version: str = LITERT_VERSION,
+                    tarballs: Sequence[str | Path] = (), npm: str = "npm", force: bool = False,
+                    timeout_s: float = 600.0) -> LiteRtJs:
+    """Put LiteRT.js ``version`` (``@litertjs/core`` and ``@litertjs/wasm-utils``) into ``dest``
+    (default :func:`litert_dir`) and return it.
+
+    ``tarballs``: npm tarballs already on disk (recognised by their package.json); a package
+    without one is fetched with ``npm pack``. The pinned version's tarballs must match
+    :data:`LITERT_PACKAGES`' integrity. Kept when already there (unless ``force``); the folder
+    is replaced as a whole, never half written.
+    """
+    if not isinstance(version, str) or not version or any(c in version for c in " /\\@"):
+        raise ConfigError(f"version must be an npm version such as {LITERT_VERSION!r}, received version={version!r}")
+    dest = Path(dest) if dest is not None else litert_dir()
+    given: dict[str, Path] = {}
+    for t in tarballs:
+        name, _ = tarball_package(t)
+        if name in LITERT_PACKAGES:
+            given[name] = Path(t)
+    if not force and not given:
+        found = find_litert_js(dest, version=version)
+        if found is not None:
+            return found
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"{dest}: is a file; the runtime goes into a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write the browser runtime there ({exc.strerror or exc}); "
+                          "pass another folder (--dest)") from None
+    try:
+        integrity: dict[str, str] = {}
+        licenses: dict[str, object] = {}
+        with tempfile.TemporaryDirectory(prefix="pocketcnn-npm-") as work:
+            for package, pinned in LITERT_PACKAGES.items():
+                path = given.get(package) or _npm_pack(version, Path(work), npm, timeout_s, package)
+                if not path.is_file():
+                    raise WebRuntimeError(f"{path}: no such tarball")
+                integrity[package] = sri_sha512(path)
+                if version == LITERT_VERSION and integrity[package] != pinned:
+                    raise WebRuntimeError(f"{path}: sha512 integrity {integrity[package][:24]}... is not the pinned "
+                                          f"{package} {version} one ({pinned[:24]}...)")
+                meta = _extract_members(path, LITERT_MEMBERS[package], staging)
+                if meta.get("name") != package or meta.get("version") != version:
+                    raise WebRuntimeError(f"{path}: holds {meta.get('name')!r} {meta.get('version')!r}, "
+                                          f"not the requested {package} {version}")
+                licenses[package] = meta.get("license")
+        files = {n: {"bytes": (staging / n).stat().st_size,
+                     "sha256": hashlib.sha256((staging / n).read_bytes()).hexdigest()} for n in LITERT_FILES}
+        manifest = {"package": "@litertjs/core", "version": version, "integrity": integrity, "license": licenses,
+                    "source": " ".join(f"npm pack {p}@{version}" for p in LITERT_PACKAGES), "files": files}
+        (staging / LITERT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for p in staging.rglob("*"):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        os.chmod(staging, 0o755)
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    found = find_litert_js(dest, version=version)
+    if found is None:  # pragma: no cover - only a concurrent writer gets here
+        raise WebRuntimeError(f"{dest}: the runtime files changed while they were written")
+    return found
+
+
+# ------------------------------------------------------------------ the installable, offline page
+OFFLINE_PLAN = "offline.json"  # what the service worker stores, and the cache it stores it in
+WEB_MANIFEST = "manifest.webmanifest"
+SERVICE_WORKER = "sw.js"
+THEME_COLOR = "#0969da"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def web_manifest(model: str) -> dict[str, object]:
+    """The web app manifest of the page serving ``model``: what a phone installs."""
+    return {
+        "name": f"pocketcnn: {model}",
+        "short_name": model[:12] or "pocketcnn",
+        "description": f"Classify photos with {model}, on the server or on this device (works offline).",
+        "id": "./",
+        "start_url": "./",
+        "scope": "./",
+        "display": "standalone",
+        "orientation": "portrait",
+        "background_color": "#f6f8fa",
+        "theme_color": THEME_COLOR,
+        "icons": [
+            {"src": "static/icons/icon-192.png", "sizes": "192x192", "type": "image/png", "purpose": "any"},
+            {"src": "static/icons/icon-512.png", "sizes": "512x512", "type": "image/png", "purpose": "any"},
+            {"src": "static/icons/icon-maskable-512.png", "sizes": "512x512", "type": "image/png", "purpose": "maskable"},
+        ],
+    }
+
+
+def offline_plan(model: str, onnx: tuple[str, Path], *, tflite: tuple[str, Path] | None, page: Path,
+                 ort: WebRuntime | None, litert: LiteRtJs | None, ort_url: str = "static/ort/",
+                 litert_url: str = "static/litert/", api: str = "") -> dict[str, object]:
+    """What the service worker stores: the record behind ``offline.json``.
+
+    ``onnx`` / ``tflite``: (URL relative to the page, file). The cache is named by the ONNX
+    file's SHA-256 (the model) and a short hash of everything else the page runs (the
+    ``.tflite``, the page's files, the runtimes' versions), so a new model, or a new page,
+    is a new cache that replaces the old one. ``precache``: stored when the worker installs
+    (the page itself, with ``./`` for the document); ``cacheable``: URLs (a trailing ``/``:
+    every URL under it) stored when the page first fetches them through the worker.
+    """
+    models: dict[str, dict[str, object]] = {}
+    for kind, entry in (("onnx", onnx), ("tflite", tflite)):
+        if entry is not None:
+            url, path = entry
+            models[kind] = {"url": url, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    parts = [str(models.get("tflite", {}).get("sha256", "-")), ort.version if ort else "-",
+             litert.version if litert else "-"]
+    parts += [sha256_file(page / name) for name in PAGE_FILES if (page / name).is_file()]
+    tag = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+    sha = str(models["onnx"]["sha256"])
+    runtimes: dict[str, dict[str, object]] = {}
+    if litert is not None and "tflite" in models:
+        runtimes["litert"] = {"url": litert_url, "version": litert.version, "package": "@litertjs/core",
+                              "bytes": {b: litert.build_bytes(b) for b in ("threaded", "plain", "compat")}}
+    if ort is not None:
+        runtimes["ort"] = {"url": ort_url, "version": ort.version, "package": ORT_WEB_PACKAGE,
+                           "bytes": ort.total_bytes}
+    precache = ["./", "static/app.js", "static/preprocess.js", "static/style.css", WEB_MANIFEST,
+                *(f"static/{name}" for name in ICON_FILES if (page / name).is_file())]
+    return {
+        "model": model, "sha256": sha, "cache": f"pocketcnn-{sha}-{tag}", "api": api,
+        "models": models, "runtimes": runtimes,
+        # the fastest runtime here, measured (benchmarks/browser_latency.py): LiteRT.js where it can run
+        "preferred": "litert" if "litert" in runtimes else "ort" if "ort" in runtimes else None,
+        "precache": precache,
+        "cacheable": ["static/", *(str(m["url"]) for m in models.values())],
+    }

@@ -1,23 +1,40 @@
 // The pocketcnn page: photos in, top-5 classes out, answered by the server (POST
-// v1/predict) or on this device (ONNX Runtime Web running the same ONNX file).
-// Plain ES module, no build step; every file it loads comes from the same origin.
+// v1/predict) or on this device: LiteRT.js running the .tflite file (the faster runtime,
+// measured: benchmarks/browser_latency.py) or ONNX Runtime Web running the ONNX file.
+// Plain ES module, no build step; every file it loads comes from the same origin. A
+// service worker (sw.js) keeps the page, its runtime and its model for offline use.
+//
+// Where a photo goes is a rule, not a label: the mode is "server" or "device" and nothing
+// else (an unknown ?mode= is refused and nothing is classified); in device mode no photo
+// byte is ever sent: only classifyOnServer sends, and only in server mode.
 
 import { decodeImage, preprocessBlob, preprocessPixels } from "./preprocess.js";
 
 const TOPK = 5;
+const MODES = ["server", "device"];
+const RUNTIMES = { litert: "LiteRT.js", ort: "ONNX Runtime Web" };
 const body = document.body;
 const API = body.dataset.api || ""; // "" in a static folder: no server
-const MODEL_URL = body.dataset.model;
-const RUNTIME_URL = new URL(body.dataset.runtime, location.href).href;
+const MODEL_URLS = { ort: body.dataset.model, litert: body.dataset.tflite };
+const RUNTIME_URLS = {
+  ort: new URL(body.dataset.runtime, location.href).href,
+  litert: new URL(body.dataset.litert || "static/litert/", location.href).href,
+};
 const query = new URLSearchParams(location.search);
 const $ = (sel) => document.querySelector(sel);
 
 const state = {
-  mode: null, // "server" | "device"
-  server: null, // {info} when the API answers
-  device: null, // {session, info, threads} once loaded
-  deviceLoading: null, // the promise of loading it
-  deviceProblem: null, // why the device mode cannot run, if it cannot
+  mode: null, // "server" | "device"; null: nothing is classified
+  runtime: null, // the device runtime: "litert" | "ort"
+  refused: null, // why the page classifies nothing (an unknown ?mode=)
+  server: null, // {info, runtime} when the API answers
+  serverProblem: null, // why the server cannot be used, if it cannot
+  devices: {}, // runtime -> {run, info, threads, runtime, layout} once loaded
+  loading: {}, // runtime -> the promise of loading it
+  device: null, // the device runtime in use (one of devices)
+  available: {}, // runtime -> true, or why it cannot run
+  plan: null, // offline.json: the model's hash, the cache name, what is stored
+  offline: { supported: "serviceWorker" in navigator, ready: false, bytes: 0, files: 0, cache: null, problem: null },
   queue: Promise.resolve(),
   count: 0,
 };
@@ -77,7 +94,53 @@ export function onnxMetadata(bytes) {
   return props;
 }
 
-/** The model as the page shows it, from GET v1/model (server) or the ONNX metadata (device). */
+/**
+ * The pocketcnn metadata of a .tflite file: the JSON in its metadata entry "pocketcnn_metadata"
+ * (the flatbuffer's Model.metadata[i] = {name, buffer} -> Model.buffers[buffer].data), or {}.
+ */
+export function tfliteMetadata(bytes) {
+  const b = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const u32 = (p) => dv.getUint32(p, true);
+  const field = (table, i) => { // absolute position of field i of the table at `table`, or 0
+    const vt = table - dv.getInt32(table, true);
+    const vsize = dv.getUint16(vt, true);
+    if (4 + 2 * i >= vsize) return 0;
+    const off = dv.getUint16(vt + 4 + 2 * i, true);
+    return off ? table + off : 0;
+  };
+  const vector = (pos) => { const v = pos + u32(pos); return { at: v + 4, length: u32(v) }; };
+  const tableAt = (vec, k) => { const p = vec.at + 4 * k; return p + u32(p); };
+  const text = new TextDecoder();
+  if (b.length < 8) throw new Error("not a .tflite file (too short)");
+  const root = u32(0);
+  const metaField = field(root, 6);
+  const bufField = field(root, 4);
+  if (!metaField || !bufField) return {};
+  const entries = vector(metaField);
+  const buffers = vector(bufField);
+  for (let k = 0; k < entries.length; k++) {
+    const entry = tableAt(entries, k);
+    const nameField = field(entry, 0);
+    if (!nameField) continue;
+    const name = vector(nameField);
+    if (text.decode(b.subarray(name.at, name.at + name.length)) !== "pocketcnn_metadata") continue;
+    const index = field(entry, 1) ? u32(field(entry, 1)) : 0;
+    const buf = tableAt(buffers, index);
+    let raw;
+    const offField = field(buf, 1);
+    const offset = offField ? Number(dv.getBigUint64(offField, true)) : 0;
+    if (offset) raw = b.subarray(offset, offset + Number(dv.getBigUint64(field(buf, 2), true)));
+    else {
+      const data = vector(field(buf, 0));
+      raw = b.subarray(data.at, data.at + data.length);
+    }
+    return JSON.parse(text.decode(raw));
+  }
+  return {};
+}
+
+/** The model as the page shows it, from GET v1/model (server) or the file's metadata (device). */
 function infoFromServer(m) {
   return {
     name: m.name, fileBytes: m.file_bytes, params: m.params, labels: m.labels, dataset: m.dataset,
@@ -86,13 +149,13 @@ function infoFromServer(m) {
   };
 }
 
-function infoFromOnnx(meta, fileBytes) {
+function infoFromMeta(meta, fileBytes) {
   for (const key of ["in_chans", "image_size", "mean", "std", "classes"]) {
     if (!(key in meta)) throw new Error(`the model file carries no pocketcnn metadata (${key}); export it with 'pocketcnn export'`);
   }
   return {
     name: meta.model || "model", fileBytes, params: typeof meta.params === "number" ? meta.params : null,
-    labels: meta.classes, dataset: meta.dataset,
+    labels: meta.classes, dataset: meta.dataset, layout: String(meta.layout || "NCHW").toUpperCase(),
     spec: { channels: meta.in_chans, crop: meta.image_size, resize: meta.resize_size || meta.image_size,
             mean: meta.mean, std: meta.std },
   };
@@ -117,8 +180,9 @@ function el(tag, attrs = {}, ...children) {
 
 function modeLabel(mode) {
   if (mode === "server") return `on the server (${state.server ? state.server.runtime : "onnxruntime"})`;
-  const t = state.device ? state.device.threads : 1;
-  return `on this device (WebAssembly, ${t} thread${t === 1 ? "" : "s"})`;
+  const d = state.device;
+  const t = d ? d.threads : 1;
+  return `on this device (${d ? RUNTIMES[d.runtime] : "WebAssembly"}, WebAssembly, ${t} thread${t === 1 ? "" : "s"})`;
 }
 
 function showModel() {
@@ -132,6 +196,7 @@ function showModel() {
     info.params ? `${count(info.params)} parameters` : null,
     `input ${c}\u00d7${s}\u00d7${s}`,
     `${info.labels.length} classes${info.dataset ? ` (${escapeHtml(info.dataset)})` : ""}`,
+    state.plan ? `<span id="sha" title="SHA-256 of the model file">sha256 ${escapeHtml(state.plan.sha256.slice(0, 12))}</span>` : null,
   ].filter(Boolean);
   $("#model").innerHTML = parts.join(" \u00b7 ");
 }
@@ -144,7 +209,90 @@ function setStatus(text) {
   $("#status").textContent = text;
 }
 
-// ---------------------------------------------------------------- the two modes
+// ---------------------------------------------------------------- offline: the service worker
+async function fetchPlan() {
+  try {
+    const r = await fetch("offline.json", { cache: "no-store" });
+    if (!r.ok || !(r.headers.get("content-type") || "").includes("json")) return null;
+    const plan = await r.json();
+    return plan && plan.cache && plan.sha256 ? plan : null;
+  } catch {
+    return null;
+  }
+}
+
+function controlled(cache) {
+  const c = navigator.serviceWorker.controller;
+  return Boolean(c && new URL(c.scriptURL).searchParams.get("cache") === cache);
+}
+
+/**
+ * Register sw.js for the plan's cache and wait (up to timeoutMs) until it controls the page,
+ * so that the runtime and the model are fetched through it, once. A new model is a new cache
+ * name: the new worker replaces the old one and its cache.
+ */
+async function ensureWorker(plan, timeoutMs = 30000) {
+  if (!state.offline.supported || !plan) return false;
+  if (controlled(plan.cache)) return true;
+  const changed = new Promise((resolve) => {
+    const check = () => controlled(plan.cache) && resolve(true);
+    navigator.serviceWorker.addEventListener("controllerchange", check);
+    check();
+  });
+  try {
+    await navigator.serviceWorker.register(`sw.js?cache=${encodeURIComponent(plan.cache)}`, { scope: "./", updateViaCache: "none" });
+  } catch (err) {
+    state.offline.problem = `the service worker did not start (${err.message || err})`;
+    return false;
+  }
+  const timeout = new Promise((resolve) => setTimeout(() => resolve(false), timeoutMs));
+  const ok = await Promise.race([changed, timeout]);
+  if (!ok) state.offline.problem = "the service worker did not take over the page in time";
+  return ok;
+}
+
+/** What the page's cache holds: {files, bytes}, and whether everything device mode needs is in it. */
+async function storedReport() {
+  const name = state.plan && state.plan.cache;
+  if (!name || !(await caches.has(name))) return null;
+  const cache = await caches.open(name);
+  let bytes = 0;
+  const urls = new Set();
+  for (const req of await cache.keys()) {
+    const r = await cache.match(req);
+    bytes += (await r.blob()).size;
+    urls.add(req.url);
+  }
+  return { files: urls.size, bytes, urls };
+}
+
+async function updateOffline() {
+  const o = state.offline;
+  const note = $("#offline");
+  if (!o.supported) {
+    note.textContent = "This browser cannot keep the page for offline use (no service workers).";
+    return;
+  }
+  const report = await storedReport().catch(() => null);
+  if (report) {
+    const need = [new URL("./", location.href).href];
+    if (state.device) need.push(...state.device.files);
+    o.ready = controlled(state.plan.cache) && need.every((u) => report.urls.has(new URL(u, location.href).href.split("?")[0]));
+    Object.assign(o, { bytes: report.bytes, files: report.files, cache: state.plan.cache });
+  }
+  note.dataset.ready = String(o.ready);
+  if (o.ready) {
+    note.textContent = `Ready to work offline: ${mb(o.bytes)} stored on this device (${o.files} files: the page, `
+      + `${state.device ? RUNTIMES[state.device.runtime] : "the runtime"} and the model).`;
+  } else if (o.problem) {
+    note.textContent = `Not available offline: ${o.problem}.`;
+  } else {
+    note.textContent = state.plan ? "Not yet ready to work offline: the model runs on this device once loaded."
+      : "Not available offline: this server does not offer the page's offline plan (offline.json).";
+  }
+}
+
+// ---------------------------------------------------------------- the server and the device runtimes
 async function loadServer() {
   if (!API) return null;
   const r = await fetch(`${API}model`, { headers: { Accept: "application/json" } });
@@ -193,45 +341,112 @@ function threadCount() {
   return crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1)) : 1;
 }
 
-async function loadDevice() {
-  if (!window.ort) await loadScript(`${RUNTIME_URL}ort.wasm.min.js`);
+const progress = (what) => (got, total) => setStatus(`Loading ${what}: ${mb(got)} of ${mb(total)}`);
+
+async function loadOrt() {
+  const base = RUNTIME_URLS.ort;
+  if (!window.ort) await loadScript(`${base}ort.wasm.min.js`);
   const ort = window.ort;
   ort.env.logLevel = "error";
-  ort.env.wasm.wasmPaths = RUNTIME_URL;
+  ort.env.wasm.wasmPaths = base;
   ort.env.wasm.numThreads = threadCount();
   ort.env.wasm.proxy = false;
-  const bytes = await fetchBytes(MODEL_URL, (got, total) =>
-    setStatus(`Loading the model for this device: ${mb(got)} of ${mb(total)}`));
-  const info = infoFromOnnx(onnxMetadata(bytes), bytes.length);
+  const bytes = await fetchBytes(MODEL_URLS.ort, progress("the model for this device"));
+  const info = infoFromMeta(onnxMetadata(bytes), bytes.length);
   setStatus("Starting ONNX Runtime Web\u2026");
-  const session = await ort.InferenceSession.create(bytes, {
-    executionProviders: ["wasm"], graphOptimizationLevel: "all",
-  });
-  setStatus("");
-  return { session, info, threads: ort.env.wasm.numThreads, ort };
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  const threads = ort.env.wasm.numThreads;
+  return {
+    runtime: "ort", info, threads, layout: "NCHW",
+    files: [`${base}ort.wasm.min.js`, `${base}ort-wasm-simd-threaded.mjs`, `${base}ort-wasm-simd-threaded.wasm`, MODEL_URLS.ort],
+    async run(data, dims) {
+      const out = await session.run({ [session.inputNames[0]]: new ort.Tensor("float32", data, dims) });
+      return out[session.outputNames[0]].data;
+    },
+  };
 }
 
-function ensureDevice() {
-  if (!state.deviceLoading) {
-    state.deviceLoading = loadDevice().then((d) => (state.device = d)).catch((err) => {
-      state.deviceLoading = null;
+let litertLib = null; // loadLiteRt may run once per page
+
+async function loadLiteRt() {
+  const base = RUNTIME_URLS.litert;
+  const threads = threadCount();
+  const lt = await import(`${base}core/index.js`);
+  if (!litertLib) {
+    setStatus("Starting LiteRT.js\u2026");
+    litertLib = lt.loadLiteRt(`${base}core/wasm/`, { threads: threads > 1 }).catch((err) => {
+      litertLib = null;
       throw err;
     });
   }
-  return state.deviceLoading;
+  await litertLib;
+  const bytes = await fetchBytes(MODEL_URLS.litert, progress("the model for this device"));
+  const meta = tfliteMetadata(bytes);
+  const info = infoFromMeta(meta, bytes.length);
+  if (info.layout !== "NHWC") throw new Error(`the .tflite file takes ${info.layout} input; pocketcnn writes NHWC`);
+  const model = await lt.loadAndCompile(bytes, { accelerator: "wasm", cpuOptions: { numThreads: threads } });
+  const build = threads > 1 ? "litert_wasm_threaded_internal" : (await lt.supportsFeature("relaxedSimd"))
+    ? "litert_wasm_internal" : "litert_wasm_compat_internal";
+  return {
+    runtime: "litert", info, threads, layout: "NHWC",
+    files: [`${base}core/index.js`, `${base}wasm-utils/index.js`, `${base}core/wasm/${build}.js`,
+            `${base}core/wasm/${build}.wasm`, MODEL_URLS.litert],
+    async run(data, dims) {
+      const input = new lt.Tensor(data, dims);
+      let outs = [];
+      try {
+        outs = await model.run(input);
+        return Float32Array.from(outs[0].toTypedArray());
+      } finally {
+        input.delete();
+        for (const t of outs) t.delete();
+      }
+    },
+  };
 }
 
-async function setMode(mode) {
+function ensureDevice(runtime) {
+  if (state.available[runtime] !== true) return Promise.reject(new Error(state.available[runtime] || `unknown runtime ${runtime}`));
+  if (!state.loading[runtime]) {
+    state.loading[runtime] = (runtime === "litert" ? loadLiteRt() : loadOrt()).then((d) => {
+      if (state.server) { // the file the device runs must be the model the server runs
+        const a = state.server.info;
+        if (d.info.name !== a.name || JSON.stringify(d.info.labels) !== JSON.stringify(a.labels)) {
+          throw new Error(`${MODEL_URLS[runtime]} holds ${d.info.name}, not the served ${a.name}; export both files from one checkpoint`);
+        }
+      }
+      state.devices[runtime] = d;
+      setStatus("");
+      return d;
+    }).catch((err) => {
+      state.loading[runtime] = null;
+      throw err;
+    });
+  }
+  return state.loading[runtime];
+}
+
+/** Use `mode` ("server" or "device"; anything else is refused) and, for the device, `runtime`. */
+async function setMode(mode, runtime = state.runtime) {
+  if (!MODES.includes(mode)) throw new Error(`unknown mode ${JSON.stringify(String(mode))}: the page classifies "server" or "device"`);
   if (mode === "device") {
-    if (state.deviceProblem) throw new Error(state.deviceProblem);
-    await ensureDevice();
+    if (!(runtime in RUNTIMES)) throw new Error(`unknown runtime ${JSON.stringify(String(runtime))}: "litert" or "ort"`);
+    const d = await ensureDevice(runtime);
+    state.device = d;
+    state.runtime = runtime;
   } else if (!state.server) {
-    throw new Error("no server to send photos to: this page is a static folder");
+    throw new Error(state.serverProblem || "no server to send photos to: this page is a static folder");
   }
   state.mode = mode;
+  state.refused = null;
   for (const r of document.querySelectorAll('input[name="mode"]')) r.checked = r.value === mode;
-  $("#mode-note").textContent = `Photos are classified ${modeLabel(mode)}.`;
+  for (const r of document.querySelectorAll('input[name="runtime"]')) r.checked = r.value === state.runtime;
+  $("#runtimes").hidden = mode !== "device";
+  $("#mode-note").textContent = `Photos are classified ${modeLabel(mode)}.`
+    + (mode === "device" ? " They never leave this device." : " They are sent to the server and not stored.");
+  body.dataset.mode = mode;
   showModel();
+  if (mode === "device") updateOffline();
 }
 
 // ---------------------------------------------------------------- classifying
@@ -246,20 +461,17 @@ function softmaxTopk(logits, labels, k) {
 }
 
 async function runDevice(data, dims) {
-  const { session, ort } = state.device;
-  const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", data, dims) };
   const t0 = performance.now();
-  const out = await session.run(feeds);
-  const inferMs = performance.now() - t0;
-  return { logits: out[session.outputNames[0]].data, inferMs };
+  const logits = await state.device.run(data, dims);
+  return { logits, inferMs: performance.now() - t0 };
 }
 
 async function classifyOnDevice(file) {
-  const { info } = state.device;
+  const { info, layout } = state.device;
   const t0 = performance.now();
   let input;
   try {
-    input = await preprocessBlob(file, info.spec);
+    input = await preprocessBlob(file, info.spec, layout);
   } catch (err) {
     return { error: `${file.name}: ${err.message}` };
   }
@@ -272,6 +484,7 @@ async function classifyOnDevice(file) {
 }
 
 async function classifyOnServer(file) {
+  if (state.mode !== "server") throw new Error("refused: photos are sent to the server only in server mode");
   const form = new FormData();
   form.append("file", file, file.name);
   const t0 = performance.now();
@@ -291,7 +504,6 @@ async function classifyOnServer(file) {
     detail: `server ${ms(answer.latency_ms)}, round trip ${ms(roundTrip)}`,
   };
 }
-
 function cardFor(file) {
   const url = URL.createObjectURL(file);
   const img = el("img", { src: url, alt: "" });
@@ -333,14 +545,25 @@ function fill(card, text, result, mode) {
 
 async function classifyOne(file, card, text) {
   const mode = state.mode;
-  text.querySelector(".meta").textContent = `classifying ${modeLabel(mode)}\u2026`;
   let result;
-  try {
-    result = mode === "device" ? await classifyOnDevice(file) : await classifyOnServer(file);
-  } catch (err) {
-    result = { error: `${file.name}: ${err.message || err}` };
+  if (mode === "device") {
+    text.querySelector(".meta").textContent = `classifying ${modeLabel(mode)}\u2026`;
+    try {
+      result = await classifyOnDevice(file);
+    } catch (err) {
+      result = { error: `${file.name}: ${err.message || err}` };
+    }
+  } else if (mode === "server") {
+    text.querySelector(".meta").textContent = `classifying ${modeLabel(mode)}\u2026`;
+    try {
+      result = await classifyOnServer(file);
+    } catch (err) {
+      result = { error: `${file.name}: ${err.message || err}` };
+    }
+  } else {
+    result = { error: `${file.name}: not classified: ${state.refused || "no mode chosen"}` };
   }
-  fill(card, text, result, mode);
+  fill(card, text, result, mode || "none");
   return { name: file.name, mode, ...result };
 }
 
@@ -357,7 +580,7 @@ function classify(files) {
       if (list.length > 1) setStatus(`Classifying ${i + 1} of ${list.length}\u2026`);
       out.push(await classifyOne(f, cards[i].card, cards[i].text));
     }
-    setStatus("");
+    setStatus(state.refused ? `Nothing is classified: ${state.refused}` : "");
     return out;
   });
   state.queue = run.catch(() => {});
@@ -388,47 +611,119 @@ function wire() {
     const files = Array.from(e.clipboardData ? e.clipboardData.files : []);
     if (files.length) classify(files);
   });
+  const restore = () => {
+    for (const r of document.querySelectorAll('input[name="mode"]')) r.checked = r.value === state.mode;
+    for (const r of document.querySelectorAll('input[name="runtime"]')) r.checked = r.value === state.runtime;
+  };
   for (const radio of document.querySelectorAll('input[name="mode"]')) {
     radio.addEventListener("change", async () => {
       try {
-        await setMode(radio.value);
+        await setMode(radio.value, state.runtime || state.plan?.preferred || "ort");
+        setStatus("");
       } catch (err) {
         setStatus(`Cannot run ${radio.value === "device" ? "on this device" : "on the server"}: ${err.message || err}`);
-        for (const r of document.querySelectorAll('input[name="mode"]')) r.checked = r.value === state.mode;
+        restore();
+      }
+    });
+  }
+  for (const radio of document.querySelectorAll('input[name="runtime"]')) {
+    radio.addEventListener("change", async () => {
+      try {
+        await setMode("device", radio.value);
+        setStatus("");
+      } catch (err) {
+        setStatus(`Cannot run ${RUNTIMES[radio.value]}: ${err.message || err}`);
+        restore();
       }
     });
   }
 }
 
-async function runtimeAvailable() {
+async function headOk(url) {
   try {
-    const r = await fetch(`${RUNTIME_URL}ort.wasm.min.js`, { method: "HEAD" });
-    return r.ok;
+    return (await fetch(url, { method: "HEAD" })).ok;
   } catch {
     return false;
   }
 }
 
+/** Which device runtimes can run here: from offline.json, else by asking for their files. */
+async function findRuntimes(plan) {
+  const out = {};
+  const wasm = typeof WebAssembly === "object";
+  for (const rt of Object.keys(RUNTIMES)) {
+    let there;
+    if (plan) there = rt in plan.runtimes;
+    else if (rt === "litert") there = Boolean(MODEL_URLS.litert) && await headOk(`${RUNTIME_URLS.litert}core/index.js`) && await headOk(MODEL_URLS.litert);
+    else there = await headOk(`${RUNTIME_URLS.ort}ort.wasm.min.js`);
+    if (!wasm) out[rt] = "this browser has no WebAssembly";
+    else if (there) out[rt] = true;
+    else if (rt === "litert") out[rt] = "no .tflite model or no LiteRT.js beside this page (export it with 'pocketcnn export CKPT --format tflite' next to the ONNX file; fetch the runtime with 'pocketcnn web-runtime')";
+    else out[rt] = "ONNX Runtime Web is not installed beside this page (run 'pocketcnn web-runtime' where it is served from)";
+  }
+  return out;
+}
+
+function refuse(message) {
+  state.refused = message;
+  state.mode = null;
+  body.dataset.mode = "refused";
+  for (const r of document.querySelectorAll('input[name="mode"]')) r.checked = false;
+  for (const id of ["#files", "#camera"]) $(id).disabled = true;
+  $("#mode-note").textContent = "";
+  setStatus(`Nothing is classified: ${message}`);
+  $("#status").classList.add("problem");
+}
+
 async function init() {
   wire();
-  const [server, runtime] = await Promise.all([loadServer().catch(() => null), runtimeAvailable()]);
+  const wantedMode = query.get("mode");
+  const wantedRuntime = query.get("runtime");
+  if (wantedMode !== null && !MODES.includes(wantedMode)) {
+    refuse(`unknown mode ${JSON.stringify(wantedMode)} in the address: use ?mode=server (photos are sent to the server) or ?mode=device (photos never leave this device)`);
+    return;
+  }
+  if (wantedRuntime !== null && !(wantedRuntime in RUNTIMES)) {
+    refuse(`unknown runtime ${JSON.stringify(wantedRuntime)} in the address: use ?runtime=litert (LiteRT.js) or ?runtime=ort (ONNX Runtime Web)`);
+    return;
+  }
+  const plan = await fetchPlan();
+  state.plan = plan;
+  const [server, available, worker] = await Promise.all([
+    loadServer().catch((err) => {
+      if (API) state.serverProblem = `the server cannot be reached (${err.message || err}); classify on this device instead`;
+      return null;
+    }),
+    findRuntimes(plan),
+    ensureWorker(plan),
+  ]);
   state.server = server;
-  if (!runtime) {
-    state.deviceProblem = "ONNX Runtime Web is not installed beside this page (run 'pocketcnn web-runtime' where it is served from)";
-  } else if (typeof WebAssembly !== "object") {
-    state.deviceProblem = "this browser has no WebAssembly";
-  }
+  state.available = available;
+  state.offline.worker = worker;
   const radios = Object.fromEntries(Array.from(document.querySelectorAll('input[name="mode"]'), (r) => [r.value, r]));
-  radios.server.disabled = !server;
-  radios.device.disabled = Boolean(state.deviceProblem);
-  const wanted = query.get("mode") || (server ? "server" : "device");
-  try {
-    await setMode(wanted === "device" && state.deviceProblem && server ? "server" : wanted);
-  } catch (err) {
-    setStatus(`Cannot classify: ${err.message || err}`);
+  const runtimeOk = Object.keys(RUNTIMES).filter((rt) => available[rt] === true);
+  for (const r of document.querySelectorAll('input[name="runtime"]')) {
+    r.disabled = available[r.value] !== true;
+    r.parentElement.title = available[r.value] === true ? "" : available[r.value];
   }
-  if (state.deviceProblem) $("#mode-note").textContent += ` On this device: unavailable (${state.deviceProblem}).`;
+  radios.server.disabled = !server;
+  radios.device.disabled = runtimeOk.length === 0;
+  const preferred = plan && plan.preferred && available[plan.preferred] === true ? plan.preferred : runtimeOk[0] || null;
+  state.runtime = wantedRuntime || preferred;
+  const mode = wantedMode || (server ? "server" : "device");
+  try {
+    await setMode(mode === "device" && runtimeOk.length === 0 && server ? "server" : mode);
+  } catch (err) {
+    setStatus(`Cannot classify ${mode === "server" ? "on the server" : "on this device"}: ${err.message || err}`);
+  }
+  if (API && !server) {
+    $("#server-note").textContent = `The server cannot be reached (offline?). ${runtimeOk.length ? "Photos can be classified on this device." : ""}`;
+    $("#server-note").hidden = false;
+  }
+  const missing = Object.keys(RUNTIMES).filter((rt) => available[rt] !== true);
+  if (!runtimeOk.length) $("#mode-note").textContent += ` On this device: unavailable (${available[missing[0]]}).`;
   if (!server && !state.device) $("#model").textContent = "No model could be loaded.";
+  await updateOffline();
 }
 
 const ready = init();
@@ -440,22 +735,24 @@ window.pocketcnn = {
   setMode,
   classify,
   onnxMetadata,
+  tfliteMetadata,
+  updateOffline,
   /** The model input the page builds for encoded image bytes: {dims, data: number[]}. */
-  async preprocess(bytes, spec) {
+  async preprocess(bytes, spec, layout = "NCHW") {
     const useSpec = spec || (state.device ? state.device.info : state.server.info).spec;
-    const input = await preprocessBlob(new Blob([bytes]), useSpec);
+    const input = await preprocessBlob(new Blob([bytes]), useSpec, layout);
     return { dims: input.dims, data: Array.from(input.data) };
   },
   /** Time `n` runs: decode + preprocess, and the model on the device, in ms each. */
   async timeDevice(bytes, n) {
-    const { info } = state.device;
+    const { info, layout } = state.device;
     const blob = new Blob([bytes]);
     const pre = [];
     const model = [];
     for (let i = 0; i < n; i++) {
       const t0 = performance.now();
       const img = await decodeImage(blob);
-      const input = preprocessPixels(img.rgba, img.width, img.height, info.spec);
+      const input = preprocessPixels(img.rgba, img.width, img.height, info.spec, layout);
       pre.push(performance.now() - t0);
       model.push((await runDevice(input.data, input.dims)).inferMs);
     }
@@ -463,6 +760,7 @@ window.pocketcnn = {
   },
   /** Time `n` round trips of POST v1/predict with one image, in ms each (and the server's own latency). */
   async timeServer(bytes, n, name = "image.png") {
+    if (state.mode !== "server") throw new Error("timeServer sends photos: switch to server mode first");
     const roundTrip = [];
     const server = [];
     for (let i = 0; i < n; i++) {

@@ -8,7 +8,11 @@
 //      grows with the downscale factor, coefficients normalised to sum 1 and turned into
 //      22-bit integers, each pass rounded to 8 bits; horizontal pass first)
 //   -> center crop (offsets rounded half to even, as Python's round)
-//   -> float32 x * (1 / (255 * std)) - mean / std, CHW.
+//   -> float32 x * (1 / (255 * std)) - mean / std, CHW (ONNX) or HWC (LiteRT's NHWC .tflite).
+//
+// Size limits are checked on the file's header before anything is decoded (as
+// images.load_image refuses a decompression bomb from PIL's header): imageHeader reads
+// the width and height of PNG, JPEG, GIF, WebP and BMP files; other files are refused.
 //
 // Everything except decodeImage works on plain typed arrays, so node can run it too.
 
@@ -192,27 +196,36 @@ export function resizeBilinear(src, width, height, c, outW, outH, stride = c) {
   return verticalPass(tmp, outW, c, c, outH, vert, first);
 }
 
-/** Interleaved uint8 (h, w, c) -> float32 CHW, x * (1 / (255 * std)) - mean / std in float32. */
-export function normalize(pixels, width, height, c, mean, std) {
+/**
+ * Interleaved uint8 (h, w, c) -> float32 x * (1 / (255 * std)) - mean / std in float32, laid
+ * out CHW (layout "NCHW", the ONNX file's input) or HWC ("NHWC", the .tflite file's input).
+ */
+export function normalize(pixels, width, height, c, mean, std, layout = "NCHW") {
   const n = width * height;
   const out = new Float32Array(c * n);
   const f = Math.fround;
+  const hwc = layout === "NHWC";
   for (let ch = 0; ch < c; ch++) {
     const m = f(mean[mean.length === 1 ? 0 : ch]);
     const s = f(std[std.length === 1 ? 0 : ch]);
     const scale = f(1 / f(255 * s));
     const shift = f(m / s);
-    const base = ch * n;
-    for (let i = 0; i < n; i++) out[base + i] = f(pixels[i * c + ch] * scale) - shift;
+    if (hwc) {
+      for (let i = 0; i < n; i++) out[i * c + ch] = f(pixels[i * c + ch] * scale) - shift;
+    } else {
+      const base = ch * n;
+      for (let i = 0; i < n; i++) out[base + i] = f(pixels[i * c + ch] * scale) - shift;
+    }
   }
   return out;
 }
 
 /**
  * Decoded RGBA pixels -> the model input, as pocketcnn.runtime.images.preprocess.
- * spec: {channels, crop, resize, mean, std}. Returns {data: Float32Array, dims: [1, C, S, S]}.
+ * spec: {channels, crop, resize, mean, std}; layout "NCHW" (dims [1, C, S, S]) or "NHWC"
+ * ([1, S, S, C]). Returns {data: Float32Array, dims}.
  */
-export function preprocessPixels(rgba, width, height, spec) {
+export function preprocessPixels(rgba, width, height, spec, layout = "NCHW") {
   const c = spec.channels;
   const size = spec.crop;
   const resize = spec.resize || size;
@@ -231,7 +244,8 @@ export function preprocessPixels(rgba, width, height, spec) {
     }
     px = crop;
   }
-  return { data: normalize(px, size, size, c, spec.mean, spec.std), dims: [1, c, size, size] };
+  const dims = layout === "NHWC" ? [1, size, size, c] : [1, c, size, size];
+  return { data: normalize(px, size, size, c, spec.mean, spec.std, layout), dims };
 }
 
 let glReader = null; // one WebGL2 context for every image: creating one costs milliseconds
@@ -283,15 +297,89 @@ function readWith2D(bitmap) {
   return new Uint8Array(ctx.getImageData(0, 0, bitmap.width, bitmap.height).data.buffer);
 }
 
-/** Pixels the browser can never show anything for: refused before decoding, as the Python side. */
+/** More pixels than this are refused from the file's header, before decoding (as the Python side). */
 export const MAX_IMAGE_PIXELS = 64000000;
+
+const u16be = (b, i) => (b[i] << 8) | b[i + 1];
+const u16le = (b, i) => b[i] | (b[i + 1] << 8);
+const u24le = (b, i) => b[i] | (b[i + 1] << 8) | (b[i + 2] << 16);
+const u32be = (b, i) => ((b[i] << 24) >>> 0) + ((b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]);
+const i32le = (b, i) => b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24);
+const ascii = (b, i, n) => String.fromCharCode(...b.subarray(i, i + n));
+
+/**
+ * The format, width and height an image file's header declares, read without decoding:
+ * {format, width, height}, or null when the bytes are not PNG, JPEG, GIF, WebP or BMP (or the
+ * header is cut short). JPEG: the first SOF segment, found by walking the segment lengths.
+ */
+export function imageHeader(bytes) {
+  const b = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const n = b.length;
+  if (n >= 24 && b[0] === 0x89 && ascii(b, 1, 3) === "PNG" && ascii(b, 12, 4) === "IHDR") {
+    return { format: "PNG", width: u32be(b, 16), height: u32be(b, 20) };
+  }
+  if (n >= 10 && (ascii(b, 0, 6) === "GIF87a" || ascii(b, 0, 6) === "GIF89a")) {
+    return { format: "GIF", width: u16le(b, 6), height: u16le(b, 8) };
+  }
+  if (n >= 26 && ascii(b, 0, 2) === "BM") {
+    if (i32le(b, 14) === 12) return { format: "BMP", width: u16le(b, 18), height: u16le(b, 20) };
+    return { format: "BMP", width: Math.abs(i32le(b, 18)), height: Math.abs(i32le(b, 22)) };
+  }
+  if (n >= 30 && ascii(b, 0, 4) === "RIFF" && ascii(b, 8, 4) === "WEBP") {
+    const chunk = ascii(b, 12, 4);
+    if (chunk === "VP8 ") return { format: "WebP", width: u16le(b, 26) & 0x3fff, height: u16le(b, 28) & 0x3fff };
+    if (chunk === "VP8L" && b[20] === 0x2f) {
+      const bits = (b[21] | (b[22] << 8) | (b[23] << 16) | (b[24] << 24)) >>> 0;
+      return { format: "WebP", width: (bits & 0x3fff) + 1, height: ((bits >>> 14) & 0x3fff) + 1 };
+    }
+    if (chunk === "VP8X") return { format: "WebP", width: u24le(b, 24) + 1, height: u24le(b, 27) + 1 };
+    return null;
+  }
+  if (n >= 4 && b[0] === 0xff && b[1] === 0xd8) {
+    let pos = 2;
+    while (pos + 4 <= n) {
+      if (b[pos] !== 0xff) return null;
+      let marker = b[pos + 1];
+      while (marker === 0xff && pos + 2 < n) marker = b[++pos + 1]; // fill bytes
+      if (marker === 0xd8 || marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+        pos += 2;
+        continue;
+      }
+      if (marker === 0xd9 || marker === 0xda) return null; // end of image, or scan data before any frame header
+      const isSof = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
+      if (isSof) return pos + 9 <= n ? { format: "JPEG", width: u16be(b, pos + 7), height: u16be(b, pos + 5) } : null;
+      pos += 2 + u16be(b, pos + 2);
+    }
+    return null;
+  }
+  return null;
+}
+
+/**
+ * Refuse a file from its header, before any decoding: not a format the page reads, or more
+ * pixels than MAX_IMAGE_PIXELS. Throws an Error whose message says why; returns the header.
+ */
+export function checkImageHeader(bytes) {
+  if (bytes.length === 0) throw new Error("empty, not an image");
+  const head = imageHeader(bytes);
+  if (!head) throw new Error("not an image file the page reads (PNG, JPEG, GIF, WebP or BMP)");
+  const pixels = head.width * head.height;
+  if (pixels > MAX_IMAGE_PIXELS) {
+    throw new Error(`image of ${head.width}x${head.height} = ${pixels} pixels is over the limit of `
+      + `${MAX_IMAGE_PIXELS} (possible decompression bomb)`);
+  }
+  if (pixels === 0) throw new Error(`${head.format} header declares an empty image (${head.width}x${head.height})`);
+  return head;
+}
 
 /**
  * A Blob (File) -> {rgba: Uint8Array, width, height}: the file's own pixels, with the EXIF
  * orientation applied (as PIL's ImageOps.exif_transpose), no colour-profile conversion and
- * unpremultiplied alpha. Throws an Error whose message says why the file is not usable.
+ * unpremultiplied alpha. The header is checked first (checkImageHeader): a refused file is
+ * never handed to the decoder. Throws an Error whose message says why the file is not usable.
  */
 export async function decodeImage(blob) {
+  checkImageHeader(new Uint8Array(await blob.arrayBuffer()));
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, {
@@ -300,11 +388,11 @@ export async function decodeImage(blob) {
       colorSpaceConversion: "none",
     });
   } catch (err) {
-    throw new Error(blob.size === 0 ? "empty, not an image" : "not an image file the browser can decode");
+    throw new Error("not an image file the browser can decode");
   }
   try {
     const pixels = bitmap.width * bitmap.height;
-    if (pixels > MAX_IMAGE_PIXELS) {
+    if (pixels > MAX_IMAGE_PIXELS) { // a header that understated the size
       throw new Error(`image of ${bitmap.width}x${bitmap.height} = ${pixels} pixels is over the limit of ${MAX_IMAGE_PIXELS}`);
     }
     const rgba = readWithWebGL(bitmap) || readWith2D(bitmap);
@@ -314,8 +402,8 @@ export async function decodeImage(blob) {
   }
 }
 
-/** A Blob -> the model input ({data, dims}), as the Python runtime's preprocess. */
-export async function preprocessBlob(blob, spec) {
+/** A Blob -> the model input ({data, dims}), as the Python runtime's preprocess; layout "NCHW" or "NHWC". */
+export async function preprocessBlob(blob, spec, layout = "NCHW") {
   const img = await decodeImage(blob);
-  return preprocessPixels(img.rgba, img.width, img.height, spec);
+  return preprocessPixels(img.rgba, img.width, img.height, spec, layout);
 }
