@@ -12,6 +12,7 @@ import pocketcnn
 from pocketcnn.bench import (RECORD_KEYS, BenchResult, build_runtime, matmul_peak_gflops, measure, measure_many,
                              parse_runtimes)
 from pocketcnn.bench.run import _with_ratios
+from pocketcnn.bench.cpu import cpu_info
 from pocketcnn.cli import cli
 from pocketcnn.errors import ConfigError
 
@@ -91,6 +92,7 @@ def test_cli_bench_json_records():
         assert 0 < r["min_ms"] <= r["median_ms"] and r["images_per_s"] > 0
         assert r["gflops"] > 0 and r["peak_fraction"] > 0
         assert r["vs_torchvision_eager"] is None
+        assert r["cpu"] == cpu_info().to_dict() and isinstance(r["cpu"]["int8_dot"], bool)
 
 
 def test_cli_bench_reference_table_and_plot(tmp_path):
@@ -100,6 +102,7 @@ def test_cli_bench_reference_table_and_plot(tmp_path):
                                       "--plot", str(png)])
     assert result.exit_code == 0, result.output
     assert "torchvision-onnxruntime" in result.stdout and "vs tv ORT" in result.stdout
+    assert cpu_info().summary().split(":")[0] in result.stdout  # the header names the CPU
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -143,3 +146,46 @@ def test_int8_runtimes_run_when_available(runtime, tmp_path):
     _check(r, 2)
     with torch.inference_mode():
         assert tuple(rt.fn(torch.randn(2, *SIZE)).shape) == (2, 1000)
+
+
+EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2 sha_ni
+"""
+XEON = """model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_tile amx_int8 avx_vnni
+"""
+GRAVITON = """processor\t: 0
+Features\t: fp asimd evtstrm aes crc32 asimddp i8mm
+"""
+
+
+@pytest.mark.parametrize("text, features, int8_dot", [
+    (EPYC, ("AVX2",), False),
+    (XEON, ("AVX2", "AVX-512", "AVX512-VNNI", "AVX-VNNI", "AVX512-BF16", "AMX"), True),
+    (GRAVITON, ("NEON", "DOTPROD", "I8MM"), True),
+    ("", (), False),
+], ids=["avx2-only", "avx512-vnni-amx", "arm-dotprod", "unknown"])
+def test_cpu_features_from_cpuinfo(tmp_path, monkeypatch, text, features, int8_dot):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    info = cpu_info(path)
+    assert info.features == features and info.int8_dot is int8_dot and info.overrides == {}
+    if text is EPYC:
+        assert info.model == "AMD EPYC 7B12"
+        assert info.summary().startswith("AMD EPYC 7B12, ") and "AVX2" in info.summary()
+        assert "no int8 dot product" in info.summary()
+
+
+def test_cpu_overrides_are_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    path = tmp_path / "cpuinfo"
+    path.write_text(XEON)
+    info = cpu_info(path)
+    assert info.overrides == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert info.summary().endswith("limited by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2")
+    assert info.to_dict()["int8_dot"] is True

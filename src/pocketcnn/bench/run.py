@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, PocketCNNError, first_line
+from .cpu import CpuInfo, cpu_info
 from .runtimes import (INT8_RUNTIMES, REFERENCE_RUNTIMES, RUNTIMES, Runtime, RuntimeUnavailable, build_runtime,
                        parse_runtimes, reference_model)
 from .timing import RATIO_KEYS, BenchResult, _is_pos_int, _num_threads, _trim_heap, matmul_peak_gflops, measure_many
@@ -69,9 +70,12 @@ class BenchReport:
     peak_gflops: float
     threads: int
     skipped: list[str] = field(default_factory=list)  # "model / runtime: why"
+    cpu: CpuInfo = field(default_factory=cpu_info)  # the machine the numbers hold for
 
     def to_records(self) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in self.results]
+        """One dict per result, each naming the CPU it was measured on (its model and instruction sets)."""
+        cpu = self.cpu.to_dict()
+        return [{**r.to_dict(), "cpu": cpu} for r in self.results]
 
     def best(self, model: str, batch_size: int, runtimes: Sequence[str] = ()) -> BenchResult | None:
         """The fastest record of ``model`` at ``batch_size`` among ``runtimes`` (default: pocketcnn fp32 ones)."""

@@ -68,7 +68,8 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
         echo_json(report.to_records())
         return
     table = Table("model", "runtime", "batch", "median ms", "min ms", "img/s", "peak MB", "GFLOP/s", "% peak",
-                  title=f"{config.threads} thread(s); fp32 matmul peak {report.peak_gflops:.0f} GFLOP/s")
+                  title=f"{report.cpu.summary()}\n{config.threads} thread(s); fp32 matmul peak "
+                        f"{report.peak_gflops:.0f} GFLOP/s")
     with_ref = any(r.vs_torchvision_eager or r.vs_torchvision_onnxruntime for r in report.results)
     if with_ref:
         table.add_column("vs tv eager")
