@@ -6,7 +6,8 @@ import pytest
 
 from conftest import FMNIST
 from pocketcnn.cli import cli
-from pocketcnn.workflows.demo import LADDER, epoch_seconds, fixed_seconds, plan_models
+from pocketcnn.workflows.demo import (CHAIN_SHARE, LADDER, ModelPlan, Plan, epoch_seconds, fixed_seconds,
+                                     plan_models, report, top_rung_budget)
 
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 
@@ -37,6 +38,33 @@ def test_each_model_gets_the_same_share_and_the_largest_rung_that_fits():
     # the ladder is ordered from most to least work, so "first that fits" is "largest that fits"
     work = [n * e for n, e in LADDER]
     assert work == sorted(work, reverse=True)
+
+
+def test_report_says_when_this_machine_cannot_train_the_top_rung_and_what_budget_would():
+    """An AVX2-only 2-core machine (AlexNet 43 training images/s): AlexNet got 6,000 x 1 in a 151-s share."""
+    rows = [{"model": "squeezenet1_1", "top1": 85.87, "top5": 99.0, "params": 726_474, "size_mb": 2.77, "macs": 15e6,
+             "latency_ms": 2.0, "images_per_s": 1500.0, "train_seconds": 140, "train_samples": 60000, "epochs": 2,
+             "batch_size": 64},
+            {"model": "alexnet", "top1": 74.33, "top5": 98.0, "params": 57_022_154, "size_mb": 217.5, "macs": 180e6,
+             "latency_ms": 18.0, "images_per_s": 300.0, "train_seconds": 150, "train_samples": 6000, "epochs": 1,
+             "batch_size": 128}]
+    plan = Plan(151.0, 156.6, {"squeezenet1_1": ModelPlan(60000, 2, 900.0, 145.0),
+                               "alexnet": ModelPlan(6000, 1, 43.0, 160.0)})
+    board = {"budget_minutes": 14.5, "share_seconds": 151.0, "rows": rows, "rule": "r", "machine": "m",
+             "test_samples": 10000, "wall_seconds": 870.0}
+    gap = top_rung_budget(board, plan)
+    need = 2 * epoch_seconds(60000, 43.0, 300.0, 57_022_154)  # AlexNet's two epochs of all images, from its speeds
+    assert gap["models"] == {"alexnet": {"train_samples": 6000, "epochs": 1, "images_per_s": 43.0}}
+    assert gap["share_needed_seconds"] == pytest.approx(need, abs=0.1)
+    assert gap["budget_minutes"] == pytest.approx(14.5 + 2 * (need - 151.0) / (1 - CHAIN_SHARE) / 60, abs=0.1)
+    text = report({**board, "top_rung": gap})
+    assert "## What this machine could not do in the budget" in text
+    assert f"`pocketcnn demo --budget-minutes {int(gap['budget_minutes']) + 1}`" in text
+    assert "alexnet 6,000 x 1 at 43 training images/s" in text
+    # every model on the top rung: nothing to say
+    plan_ok = Plan(151.0, 156.6, {"squeezenet1_1": ModelPlan(60000, 2, 900.0, 145.0)})
+    assert top_rung_budget({**board, "rows": rows[:1]}, plan_ok) is None
+    assert "could not do" not in report({**board, "top_rung": None})
 
 
 @needs_fmnist
