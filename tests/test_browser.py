@@ -1,5 +1,15 @@
 """The browser page in a real Chromium, driven by Playwright.
 
+* LiteRT.js (the page's default device runtime) on the ``.tflite`` file gives the answers of
+  ``pocketcnn predict --json`` on that file, under ``serve`` (threads) and in the static
+  folder (one thread); ONNX Runtime Web stays selectable;
+* offline: the service worker stores the page, its runtime and its model on the first visit;
+  with the browser context offline the page reloads and classifies the same images, every
+  request answered by the worker; a second visit fetches under 1% of the first one's bytes;
+  a new model at the same address replaces the cache;
+* where a photo goes: an unknown ``?mode=`` is refused and nothing is sent; in device mode no
+  request carries a photo; an oversized image is refused from its header, never decoded;
+
 * ``pocketcnn serve``: real Fashion-MNIST test images uploaded through the page give the
   top-1 class and probability of ``pocketcnn predict --json``, answered by the server and by
   ONNX Runtime Web on the device (threads: the server sends COOP/COEP);
@@ -27,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pocketcnn.runtime.web import find_ort_web
+from pocketcnn.runtime.web import find_litert_js, find_ort_web
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CHROMIUM = os.environ.get("POCKETCNN_CHROMIUM", "/usr/lib/chromium/chromium")
@@ -41,8 +51,9 @@ try:
     from playwright.sync_api import sync_playwright
 except ImportError:
     pytest.skip("Playwright for Python is not installed (pip install playwright)", allow_module_level=True)
-if find_ort_web() is None:
-    pytest.skip("the ONNX Runtime Web files are missing: run 'pocketcnn web-runtime'", allow_module_level=True)
+if find_ort_web() is None or find_litert_js() is None:
+    pytest.skip("the browser runtimes (ONNX Runtime Web, LiteRT.js) are missing: run 'pocketcnn web-runtime'",
+                allow_module_level=True)
 
 
 # ------------------------------------------------------------------------------ servers
@@ -144,6 +155,20 @@ def expected(web_dir, images) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
+def expected_tflite(web_dir, images) -> dict[str, dict]:
+    """``pocketcnn predict --json`` on the folder's ``model.tflite`` (LiteRT), by file name."""
+    from click.testing import CliRunner
+
+    from pocketcnn.cli import cli
+
+    result = CliRunner().invoke(cli, ["predict", str(web_dir / "model.tflite"), *map(str, images), "--json"])
+    assert result.exit_code == 1, result.output
+    records = json.loads(result.stdout)
+    assert {r.get("runtime", "litert") for r in records if "error" not in r} <= {"litert"}
+    return {Path(r["image"]).name: r for r in records}
+
+
+@pytest.fixture(scope="module")
 def serve_url(web_dir, tmp_path_factory):
     """``pocketcnn serve model.onnx`` (the packaged page by default) on a free loopback port."""
     port = free_port()
@@ -226,7 +251,7 @@ def check_against_predict(cards: dict[str, dict], images: list[Path], expected: 
 
 
 # ------------------------------------------------------------------------------ tests
-def test_serve_page_server_and_device_modes_match_predict(page, serve_url, images, expected, tmp_path):
+def test_serve_page_server_and_device_modes_match_predict(page, serve_url, images, expected, expected_tflite, tmp_path):
     import httpx
 
     for path in ("", "static/ort/ort-wasm-simd-threaded.mjs"):
@@ -249,32 +274,45 @@ def test_serve_page_server_and_device_modes_match_predict(page, serve_url, image
     threads = page.evaluate("pocketcnn.state.device.threads")
     assert threads == min(4, page.evaluate("navigator.hardwareConcurrency")) and threads >= 1
     assert page.evaluate("pocketcnn.state.device.info.name") == "squeezenet1_1"
+    assert page.evaluate("pocketcnn.state.runtime") == "litert"  # the faster runtime is the default
     cards = upload_and_read(page, images)
-    check_against_predict(cards, images, expected, "device")
-    assert "WebAssembly" in cards[images[0].name]["meta"]
+    check_against_predict(cards, images, expected_tflite, "device")
+    assert "LiteRT.js" in cards[images[0].name]["meta"] and "WebAssembly" in cards[images[0].name]["meta"]
     page.screenshot(path=str(tmp_path / "browser-device.png"), full_page=True)
 
     # after the error card the page still classifies the next image
     again = upload_and_read(page, [images[0]])
-    check_against_predict(again, [images[0]], expected, "device")
+    check_against_predict(again, [images[0]], expected_tflite, "device")
+    # ONNX Runtime Web stays selectable, and answers as predict on the ONNX file
+    page.check("input[value=ort]")
+    page.wait_for_function("pocketcnn.state.runtime === 'ort'", timeout=60_000)
+    again = upload_and_read(page, [images[1]])
+    check_against_predict(again, [images[1]], expected, "device")
+    assert "ONNX Runtime Web" in again[images[1].name]["meta"]
 
 
 def test_static_folder_classifies_on_one_thread(page, static_url, web_dir, images, expected, tmp_path):
     import httpx
 
     assert "cross-origin-embedder-policy" not in httpx.get(static_url).headers
-    assert sorted(p.relative_to(web_dir).as_posix() for p in web_dir.rglob("*") if p.is_file()) == [
-        "README.txt", "index.html", "model.onnx", "static/app.js", "static/ort/onnxruntime-web.json",
+    from pocketcnn.runtime.web import LITERT_FILES
+
+    assert sorted(p.relative_to(web_dir).as_posix() for p in web_dir.rglob("*") if p.is_file()) == sorted([
+        "README.txt", "index.html", "manifest.webmanifest", "model.onnx", "model.tflite", "offline.json", "sw.js",
+        "static/app.js", "static/icons/icon-192.png", "static/icons/icon-512.png",
+        "static/icons/icon-maskable-512.png", "static/ort/onnxruntime-web.json",
         "static/ort/ort-wasm-simd-threaded.mjs", "static/ort/ort-wasm-simd-threaded.wasm",
-        "static/ort/ort.wasm.min.js", "static/preprocess.js", "static/style.css"]
-    open_page(page, static_url)
+        "static/ort/ort.wasm.min.js", "static/preprocess.js", "static/style.css", "static/litert/litert.json",
+        *(f"static/litert/{n}" for n in LITERT_FILES)])
+    open_page(page, static_url + "?runtime=ort")  # ONNX Runtime Web stays selectable
     assert page.evaluate("crossOriginIsolated") is False
     assert page.evaluate("pocketcnn.state.mode") == "device"
+    assert page.evaluate("pocketcnn.state.runtime") == "ort"
     assert page.is_disabled("input[value=server]")
     assert page.evaluate("pocketcnn.state.device.threads") == 1
     cards = upload_and_read(page, images)
     check_against_predict(cards, images, expected, "device")
-    assert "1 thread" in cards[images[0].name]["meta"]
+    assert "ONNX Runtime Web" in cards[images[0].name]["meta"] and "1 thread" in cards[images[0].name]["meta"]
     page.screenshot(path=str(tmp_path / "browser-static.png"), full_page=True)
 
 
@@ -330,6 +368,13 @@ def test_javascript_preprocessing_equals_python(page, serve_url, tmp_path):
             diff = np.abs(js - want) * std  # in units of the 0..1 pixel scale
             assert diff.max() <= 1 / 255 + 1e-6, (name, spec.name, float(diff.max()) * 255)
             assert np.mean(diff < 1e-6) >= 0.99, (name, spec.name)  # and equal almost everywhere
+            # the .tflite input (LiteRT.js): the same values, channels last
+            hwc = page.evaluate("([b, s]) => pocketcnn.preprocess(new Uint8Array(b), s, 'NHWC')", [data, js_spec])
+            assert hwc["dims"] == [1, want.shape[1], want.shape[2], want.shape[0]], (name, spec.name)
+            js_hwc = np.asarray(hwc["data"], np.float32).reshape(hwc["dims"][1:])
+            np.testing.assert_array_equal(js_hwc, np.transpose(js, (1, 2, 0)))
+            diff = np.abs(js_hwc - np.transpose(want, (1, 2, 0))) * np.transpose(std, (1, 2, 0))
+            assert diff.max() <= 1 / 255 + 1e-6, (name, spec.name, "NHWC")
 
 
 def test_onnx_metadata_read_in_javascript_equals_python(page, serve_url, web_dir):
@@ -340,3 +385,249 @@ def test_onnx_metadata_read_in_javascript_equals_python(page, serve_url, web_dir
         new Uint8Array(await (await fetch('v1/model.onnx')).arrayBuffer()))""")
     assert got == read_onnx_metadata(web_dir / "model.onnx")
 
+
+
+# ------------------------------------------------------------------------------ LiteRT.js, offline, privacy
+def http_log(log: Path) -> list[tuple[str, str, int]]:
+    """(method, path, status) of each request ``python -m http.server`` logged."""
+    import re
+
+    pattern = re.compile(r'"(GET|HEAD|POST|PUT) (\S+) HTTP/[\d.]+" (\d{3})')
+    return [(m[1], m[2], int(m[3])) for m in pattern.finditer(log.read_text(errors="replace"))]
+
+
+def fetched_bytes(site: Path, requests: list[tuple[str, str, int]]) -> int:
+    """The bytes of the files that answered ``requests`` with 200 (the body a visitor downloaded)."""
+    total = 0
+    for method, path, status in requests:
+        rel = path.split("?")[0].lstrip("/") or "index.html"
+        if method == "GET" and status == 200 and (site / rel).is_file():
+            total += (site / rel).stat().st_size
+    return total
+
+
+@pytest.fixture
+def offline_site(web_dir, tmp_path):
+    """A copy of the exported folder (a test may replace its model) under ``python -m http.server``,
+    with the server's request log: (url, folder, log)."""
+    import shutil
+
+    site = tmp_path / "site"
+    shutil.copytree(web_dir, site)
+    port = free_port()
+    log = tmp_path / "http.log"
+    proc = start([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+                 f"http://127.0.0.1:{port}/README.txt", log)
+    yield f"http://127.0.0.1:{port}/", site, log
+    stop(proc)
+
+
+def rename_model(site: Path, name: str) -> str:
+    """The same weights under another name: a new model.onnx and model.tflite (other bytes, other
+    SHA-256) and their offline.json, as a new export at the same address would write; the new hash."""
+    import onnx
+
+    from pocketcnn.artifacts.metadata import write_onnx_metadata
+    from pocketcnn.runtime.litert import add_tflite_metadata, read_tflite_metadata
+    from pocketcnn.runtime.web import find_litert_js, find_ort_web, offline_plan, packaged_page
+
+    proto = onnx.load(str(site / "model.onnx"))
+    write_onnx_metadata(proto, {"model": name})
+    onnx.save(proto, str(site / "model.onnx"))
+    content = (site / "model.tflite").read_bytes()
+    (site / "model.tflite").write_bytes(add_tflite_metadata(content, {**read_tflite_metadata(content), "model": name}))
+    plan = offline_plan(name, ("model.onnx", site / "model.onnx"), tflite=("model.tflite", site / "model.tflite"),
+                        page=packaged_page(), ort=find_ort_web(site / "static" / "ort"),
+                        litert=find_litert_js(site / "static" / "litert"))
+    (site / "offline.json").write_text(json.dumps(plan))
+    return str(plan["sha256"])
+
+
+def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(browser, offline_site, images,
+                                                                                 expected_tflite, tmp_path):
+    import hashlib
+
+    url, site, log = offline_site
+    context = browser.new_context(viewport={"width": 412, "height": 915})
+    errors: list[str] = []
+    seen: list[tuple[str, str, bool | None]] = []  # (method, url, answered by the service worker)
+    context.on("response", lambda r: seen.append((r.request.method, r.url, r.from_service_worker)))
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        open_page(page, url)
+        assert page.evaluate("pocketcnn.state.mode") == "device"
+        assert page.evaluate("pocketcnn.state.runtime") == "litert"
+        sha = hashlib.sha256((site / "model.onnx").read_bytes()).hexdigest()
+        worker = page.evaluate("navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL")
+        assert worker and f"cache=pocketcnn-{sha}-" in worker
+        assert page.evaluate("caches.keys()") == [json.loads((site / "offline.json").read_text())["cache"]]
+        page.wait_for_selector("#offline[data-ready=true]", timeout=60_000)
+        stored = page.evaluate("pocketcnn.state.offline")
+        assert stored["ready"] and stored["bytes"] > (site / "model.tflite").stat().st_size
+        assert "Ready to work offline" in page.inner_text("#offline") and "MB stored" in page.inner_text("#offline")
+        assert sha[:12] in page.inner_text("#model")
+        cards = upload_and_read(page, images)
+        check_against_predict(cards, images, expected_tflite, "device")
+        assert "LiteRT.js" in cards[images[0].name]["meta"] and "1 thread" in cards[images[0].name]["meta"]
+        first_visit = http_log(log)
+        first_bytes = fetched_bytes(site, first_visit)
+
+        # offline: reload, classify the same images; nothing reaches the server, the worker answers everything
+        context.set_offline(True)
+        before = len(seen)
+        page.reload()
+        page.evaluate("window.pocketcnn.ready")
+        assert page.evaluate("pocketcnn.state.mode") == "device"
+        cards = upload_and_read(page, images)
+        check_against_predict(cards, images, expected_tflite, "device")
+        assert http_log(log) == first_visit
+        offline_answers = [(m, u, sw) for m, u, sw in seen[before:] if u.startswith("http")]
+        assert offline_answers and all(sw for _, _, sw in offline_answers), offline_answers
+        assert not [s for s in seen[before:] if s[0] != "GET"]
+        page.screenshot(path=str(tmp_path / "browser-offline.png"), full_page=True)
+        context.set_offline(False)
+
+        # a second visit online: the cache answers; only offline.json and the worker's update check travel
+        page.reload()
+        page.evaluate("window.pocketcnn.ready")
+        second = http_log(log)[len(first_visit):]
+        second_bytes = fetched_bytes(site, second)
+        assert second_bytes < 0.01 * first_bytes, (second, second_bytes, first_bytes)
+        assert {p.split("?")[0] for _, p, _ in second} <= {"/offline.json", "/sw.js"}, second
+
+        # a new model at the same address: a new cache replaces the old one; the page names the new model
+        new_sha = rename_model(site, "squeezenet1_1-v2")
+        page.reload()
+        page.evaluate("window.pocketcnn.ready")
+        page.wait_for_function("pocketcnn.state.device && pocketcnn.state.device.info.name === 'squeezenet1_1-v2'",
+                               timeout=60_000)
+        assert new_sha[:12] in page.inner_text("#model") and "squeezenet1_1-v2" in page.inner_text("#model")
+        new_cache = json.loads((site / "offline.json").read_text())["cache"]
+        assert page.evaluate("caches.keys()") == [new_cache] and new_sha in new_cache
+        page.wait_for_selector("#offline[data-ready=true]", timeout=60_000)
+        again = upload_and_read(page, [images[0]])
+        check_against_predict(again, [images[0]], expected_tflite, "device")
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, images, expected_tflite):
+    import httpx
+
+    context = browser.new_context(viewport={"width": 412, "height": 915})
+    sent: list[tuple[str, str, bytes]] = []
+    context.on("request", lambda r: sent.append((r.method, r.url, r.post_data_buffer or b"")))
+    photos = [p.read_bytes() for p in images if p.suffix == ".png"]
+
+    def predictions_counted() -> float:
+        text = httpx.get(serve_url + "metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("pocketcnn_images_total"))
+    counted = predictions_counted()
+    try:
+        page = context.new_page()
+        open_page(page, serve_url + "?mode=device")
+        assert page.evaluate("crossOriginIsolated") is True
+        assert page.evaluate("pocketcnn.state.runtime") == "litert"
+        assert page.evaluate("pocketcnn.state.device.threads") == min(4, page.evaluate("navigator.hardwareConcurrency"))
+        page.wait_for_selector("#offline[data-ready=true]", timeout=60_000)
+        cards = upload_and_read(page, images)
+        check_against_predict(cards, images, expected_tflite, "device")
+        # no request carried a photo: no POST, no body with an image's bytes; the server counted no image
+        assert not [(m, u) for m, u, _ in sent if m != "GET"], sent
+        assert not [u for _, u, body in sent if any(photo in body for photo in photos)]
+        assert predictions_counted() == counted
+
+        context.set_offline(True)
+        page.goto(serve_url)  # no ?mode=: the server cannot be reached, the page offers the device
+        page.evaluate("window.pocketcnn.ready")
+        assert page.evaluate("pocketcnn.state.mode") == "device"
+        assert "cannot be reached" in page.inner_text("#server-note")
+        cards = upload_and_read(page, images)
+        check_against_predict(cards, images, expected_tflite, "device")
+        page.goto(serve_url + "?mode=server")  # asked for the server while offline: refused with the reason
+        page.evaluate("window.pocketcnn.ready")
+        assert page.evaluate("pocketcnn.state.mode") is None
+        assert "cannot be reached" in page.inner_text("#status")
+        assert not page.is_disabled("input[value=device]")
+    finally:
+        context.close()
+
+
+def test_unknown_mode_is_refused_and_nothing_is_sent(page, serve_url, images):
+    sent: list[tuple[str, str]] = []
+    page.on("request", lambda r: sent.append((r.method, r.url)))
+    open_page(page, serve_url + "?mode=bogus")
+    status = page.inner_text("#status")
+    assert "unknown mode" in status and "bogus" in status, status
+    assert page.evaluate("pocketcnn.state.mode") is None
+    assert page.is_disabled("#files") and page.is_disabled("#camera")
+    assert "classified" not in page.inner_text("#mode-note")
+    # even a photo handed to the page's own API is not classified, and nothing is sent
+    names = page.evaluate("""async (bytes) => (await pocketcnn.classify([new File([new Uint8Array(bytes)], 'x.png')]))
+                                 .map(r => r.error)""", list(images[0].read_bytes()))
+    assert len(names) == 1 and "not classified" in names[0]
+    assert not [(m, u) for m, u in sent if m != "GET" or "predict" in u], sent
+    open_page(page, serve_url + "?runtime=nope")
+    assert "unknown runtime" in page.inner_text("#status")
+
+
+def oversized_files(folder: Path) -> list[Path]:
+    """Headers that declare 9000x9000 = 81 M pixels (over 64 M): a PNG (IHDR with a valid CRC, no
+    image data) and a baseline JPEG (SOF0 after an APP0 segment)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 9000, 9000, 1) + b"\x01\x11\x00"
+    paths = [folder / "huge.png", folder / "huge.jpg"]
+    paths[0].write_bytes(png + b"\x00" * 64)
+    paths[1].write_bytes(b"\xff\xd8" + app0 + sof + b"\x00" * 64)
+    return paths
+
+
+def test_oversized_image_is_refused_from_its_header_before_decoding(page, serve_url, images, tmp_path):
+    page.add_init_script("""{
+        const original = window.createImageBitmap;
+        window.decodes = 0;
+        window.createImageBitmap = (...args) => { window.decodes += 1; return original(...args); };
+    }""")
+    open_page(page, serve_url + "?mode=device")
+    cards = upload_and_read(page, oversized_files(tmp_path))
+    for name in ("huge.png", "huge.jpg"):
+        assert cards[name]["status"] == "error", cards[name]
+        assert "9000x9000" in cards[name]["message"] and "over the limit" in cards[name]["message"], cards[name]
+    assert page.evaluate("window.decodes") == 0  # refused before the decoder saw them
+    cards = upload_and_read(page, [images[0]])
+    assert cards[images[0].name]["status"] == "done" and page.evaluate("window.decodes") == 1
+
+
+def test_camera_is_the_first_action_on_a_phone(browser, static_url):
+    for width, camera_first in ((412, True), (1280, False)):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            page = context.new_page()
+            open_page(page, static_url)
+            camera = page.locator("label.camera").bounding_box()
+            choose = page.locator("label.choose").bounding_box()
+            if camera_first:  # a full-width button above everything else a visitor can do
+                assert camera["y"] < choose["y"] and camera["width"] > 0.8 * (width - 40), (camera, choose)
+                assert page.get_attribute("#camera", "capture") == "environment"
+            else:
+                assert choose["x"] < camera["x"], (camera, choose)
+        finally:
+            context.close()
+
+
+def test_tflite_metadata_read_in_javascript_equals_python(page, static_url, web_dir):
+    from pocketcnn.runtime.litert import read_tflite_metadata
+
+    open_page(page, static_url)
+    got = page.evaluate("""async () => pocketcnn.tfliteMetadata(
+        new Uint8Array(await (await fetch('model.tflite')).arrayBuffer()))""")
+    assert got == read_tflite_metadata((web_dir / "model.tflite").read_bytes())
+    assert got["layout"] == "NHWC" and got["model"] == "squeezenet1_1"
