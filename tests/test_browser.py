@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 
 from pocketcnn.runtime.web import find_litert_js, find_ort_web
+from test_web import oversized_files  # tests/ is on sys.path (rootdir-relative test modules)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CHROMIUM = os.environ.get("POCKETCNN_CHROMIUM", "/usr/lib/chromium/chromium")
@@ -572,22 +573,6 @@ def test_unknown_mode_is_refused_and_nothing_is_sent(page, serve_url, images):
     assert not [(m, u) for m, u in sent if m != "GET" or "predict" in u], sent
     open_page(page, serve_url + "?runtime=nope")
     assert "unknown runtime" in page.inner_text("#status")
-
-
-def oversized_files(folder: Path) -> list[Path]:
-    """Headers that declare 9000x9000 = 81 M pixels (over 64 M): a PNG (IHDR with a valid CRC, no
-    image data) and a baseline JPEG (SOF0 after an APP0 segment)."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 9000, 9000, 1) + b"\x01\x11\x00"
-    paths = [folder / "huge.png", folder / "huge.jpg"]
-    paths[0].write_bytes(png + b"\x00" * 64)
-    paths[1].write_bytes(b"\xff\xd8" + app0 + sof + b"\x00" * 64)
-    return paths
 
 
 def test_oversized_image_is_refused_from_its_header_before_decoding(page, serve_url, images, tmp_path):

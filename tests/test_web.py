@@ -1,6 +1,7 @@
-"""The browser side without a browser: fetching ONNX Runtime Web (a fake tarball, no network),
-``export_web``'s folder and refusals, the server's isolation headers and model route, the
-``web-runtime`` command, and the page's JavaScript resize under node against Pillow."""
+"""The browser side without a browser: fetching ONNX Runtime Web and LiteRT.js (fake tarballs, no
+network), ``export_web``'s folder and refusals, the server's isolation headers and page routes
+(model.tflite, offline.json, the web app manifest and its icons, sw.js), the ``web-runtime``
+command, and the page's JavaScript resize and image-header reading under node against Pillow."""
 from __future__ import annotations
 
 import io
@@ -100,11 +101,25 @@ def test_export_web_writes_a_static_folder(tmp_path, fake_runtime):
     kwargs = {"num_classes": 10, "in_chans": 1, "small_input": True}
     spec = DataSpec("test-gray", 10, 1, 28, (0.5,), (0.25,), tuple(f"c{i}" for i in range(10)), 32)
     source = ModelSource(create_model("squeezenet1_1", **kwargs).eval(), "squeezenet1_1", kwargs, spec, None, "model")
-    result = export_web(source, tmp_path / "site", runtime_dir=fake_runtime, verify_n=2)
+    with pytest.raises(WebRuntimeError, match="no LiteRT.js"):  # LiteRT.js is needed beside a .tflite
+        export_web(source, tmp_path / "site", runtime_dir=fake_runtime, litert_dir=tmp_path / "none", tflite=True)
+    assert not (tmp_path / "site").exists()
+    result = export_web(source, tmp_path / "site", runtime_dir=fake_runtime, verify_n=2, tflite=False)
     out = tmp_path / "site"
-    assert result.path == out and result.verification.passed
+    assert result.path == out and result.verification.passed and result.tflite_verification is None
+    assert result.precision == "fp32" and result.warnings == () and result.to_dict()["warnings"] == []
     assert set(result.files) == {"README.txt", "index.html", "model.onnx", "static/app.js", "static/preprocess.js",
-                                 "static/style.css", *(f"static/ort/{n}" for n in (*web.ORT_WEB_FILES, web.MANIFEST))}
+                                 "static/style.css", "sw.js", "offline.json", "manifest.webmanifest",
+                                 *(f"static/{n}" for n in web.ICON_FILES),
+                                 *(f"static/ort/{n}" for n in (*web.ORT_WEB_FILES, web.MANIFEST))}
+    plan = json.loads((out / "offline.json").read_text())
+    import hashlib
+
+    assert plan["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest() == result.sha256
+    assert plan["cache"].startswith(f"pocketcnn-{plan['sha256']}-") and plan["preferred"] == "ort"
+    assert "litert" not in plan["runtimes"] and "tflite" not in plan["models"]  # no .tflite: no LiteRT.js
+    assert all((out / (u if u != "./" else "index.html")).is_file() for u in plan["precache"])
+    check_manifest(json.loads((out / "manifest.webmanifest").read_text()), out, "squeezenet1_1")
     assert result.total_bytes == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert STATIC_BODY in (out / "index.html").read_text()
     meta = read_onnx_metadata(out / "model.onnx")
@@ -120,7 +135,7 @@ def test_export_web_writes_a_static_folder(tmp_path, fake_runtime):
     with pytest.raises(WebRuntimeError, match="pocketcnn web-runtime"):
         export_web(source, tmp_path / "site2", runtime_dir=tmp_path / "no-runtime")
     assert not (tmp_path / "site2").exists()
-    again = export_web(source, out, runtime_dir=fake_runtime, verify_n=2, overwrite=True)
+    again = export_web(source, out, runtime_dir=fake_runtime, verify_n=2, overwrite=True, tflite=False)
     assert again.files == result.files
 
 
@@ -146,6 +161,181 @@ def test_serve_sends_isolation_headers_and_the_model_file(tmp_path):
         assert 'data-api="v1/"' in client.get("/").text
         r = client.get("/v1/model.onnx")
         assert r.status_code == 200 and r.content == model.read_bytes()
+
+
+def check_manifest(manifest: dict, root: Path | None, model: str, get=None) -> None:
+    """A web app manifest a phone can install: the members browsers require, icons that exist."""
+    from PIL import Image
+
+    assert manifest["name"] == f"pocketcnn: {model}" and manifest["short_name"]
+    assert manifest["display"] == "standalone" and manifest["start_url"] == "./" and manifest["scope"] == "./"
+    assert manifest["theme_color"].startswith("#") and manifest["background_color"].startswith("#")
+    sizes = set()
+    for icon in manifest["icons"]:
+        data = get(icon["src"]) if get else (root / icon["src"]).read_bytes()
+        img = Image.open(io.BytesIO(data))
+        assert img.format == "PNG" and icon["type"] == "image/png"
+        assert f"{img.width}x{img.height}" == icon["sizes"]
+        sizes.add((icon["sizes"], icon.get("purpose", "any")))
+    assert {("192x192", "any"), ("512x512", "any"), ("512x512", "maskable")} <= sizes
+
+
+def oversized_files(folder: Path) -> list[Path]:
+    """Headers that declare 9000x9000 = 81 M pixels (over 64 M): a PNG (IHDR with a valid CRC, no
+    image data) and a baseline JPEG (SOF0 after an APP0 segment)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 9000, 9000, 1) + b"\x01\x11\x00"
+    paths = [folder / "huge.png", folder / "huge.jpg"]
+    paths[0].write_bytes(png + b"\x00" * 64)
+    paths[1].write_bytes(b"\xff\xd8" + app0 + sof + b"\x00" * 64)
+    return paths
+
+
+def fake_litert_tarballs(folder: Path, version: str = FAKE_VERSION, skip: str | None = None) -> list[Path]:
+    """Tarballs shaped like @litertjs/core's and @litertjs/wasm-utils', with small stand-in files."""
+    out = []
+    for package, members in web.LITERT_MEMBERS.items():
+        path = folder / f"{package.lstrip('@').replace('/', '-')}.tgz"
+        with tarfile.open(path, "w:gz") as tar:
+            files = {"package/package.json": json.dumps({"name": package, "version": version,
+                                                         "license": "Apache-2.0"}).encode(),
+                     "package/wasm/litert_wasm_jspi_internal.wasm": b"not taken"}
+            files.update({m: f"// {m}".encode() * 5 for m in members if m != skip})
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        out.append(path)
+    return out
+
+
+def test_fetch_litert_js_from_tarballs(tmp_path):
+    from pocketcnn.runtime.web import fetch_litert_js, find_litert_js
+
+    tgz = fake_litert_tarballs(tmp_path)
+    dest = tmp_path / "litert"
+    got = fetch_litert_js(dest, version=FAKE_VERSION, tarballs=tgz)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(
+        [*web.LITERT_FILES, web.LITERT_MANIFEST])
+    assert not (dest / "core" / "wasm" / "litert_wasm_jspi_internal.wasm").exists()  # JSPI build not taken
+    manifest = json.loads((dest / web.LITERT_MANIFEST).read_text())
+    assert manifest["integrity"] == {p: web.sri_sha512(t) for p, t in zip(web.LITERT_MEMBERS, tgz)}
+    assert find_litert_js(dest, version=FAKE_VERSION) == got and find_litert_js(dest) is None
+    assert got.build_bytes("threaded") == sum(got.files[n] for n in (
+        "core/index.js", "wasm-utils/index.js", "core/wasm/litert_wasm_threaded_internal.js",
+        "core/wasm/litert_wasm_threaded_internal.wasm"))
+    with pytest.raises(WebRuntimeError, match="is not the pinned @litertjs/core"):
+        fetch_litert_js(tmp_path / "a", tarballs=tgz)  # the pinned version's integrity
+    with pytest.raises(WebRuntimeError, match="has no wasm/litert_wasm_internal.wasm"):
+        fetch_litert_js(tmp_path / "b", version=FAKE_VERSION, tarballs=fake_litert_tarballs(
+            tmp_path, skip="package/wasm/litert_wasm_internal.wasm"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_web_runtime_command_sorts_tarballs_by_package(cli_runner, tmp_path):
+    from pocketcnn.cli.web import web_runtime
+
+    stray = tmp_path / "other.tgz"
+    with tarfile.open(stray, "w:gz") as tar:
+        data = json.dumps({"name": "left-pad", "version": "1.0.0"}).encode()
+        info = tarfile.TarInfo("package/package.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    r = cli_runner.invoke(web_runtime, ["--dest", str(tmp_path / "o"), "--tarball", str(stray)])
+    assert r.exit_code == 2 and "left-pad" in r.output and "Traceback" not in r.output
+    r = cli_runner.invoke(web_runtime, ["--check", "--dest", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["litert.js"]["present"] is False
+
+
+def test_serve_page_routes(tmp_path):
+    from starlette.testclient import TestClient
+
+    from pocketcnn.runtime.web import packaged_page
+    from pocketcnn.serve import create_app
+
+    sys.path.insert(0, str(Path(__file__).parent / "light"))
+    try:
+        import prepare
+    finally:
+        sys.path.pop(0)
+    model = prepare.make_onnx(tmp_path / "m.onnx")
+    with TestClient(create_app(model, static_dir=packaged_page())) as client:
+        r = client.get("/v1/model.tflite")
+        assert r.status_code == 404 and "m.tflite" in r.json()["error"]
+        plan = client.get("/offline.json")
+        assert plan.status_code == 200 and plan.headers["cache-control"] == "no-store"
+        import hashlib
+
+        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        assert plan.json()["sha256"] == sha and plan.json()["cache"].startswith(f"pocketcnn-{sha}-")
+        assert "tflite" not in plan.json()["models"]
+        (tmp_path / "m.tflite").write_bytes(b"TFL3 stand-in")  # beside the ONNX file: served, and in the plan
+        r = client.get("/v1/model.tflite")
+        assert r.status_code == 200 and r.content == b"TFL3 stand-in"
+        again = client.get("/offline.json").json()
+        assert again["models"]["tflite"]["bytes"] == 13 and again["cache"] != plan.json()["cache"]
+        sw = client.get("/sw.js")
+        assert sw.status_code == 200 and "javascript" in sw.headers["content-type"] and "caches.open" in sw.text
+        r = client.get("/manifest.webmanifest")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/manifest+json")
+        check_manifest(r.json(), None, r.json()["name"].removeprefix("pocketcnn: "),
+                       get=lambda src: client.get("/" + src).content)
+        for path in ("/offline.json", "/sw.js", "/manifest.webmanifest"):
+            assert client.get(path).headers["cross-origin-embedder-policy"] == "require-corp"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_javascript_reads_image_headers_as_pillow_under_node(tmp_path):
+    """preprocess.js's imageHeader gives Pillow's size for PNG, JPEG (EXIF, progressive), GIF, WebP
+    (lossy, lossless, with alpha) and BMP; checkImageHeader refuses 81 M pixels and other formats."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    cases = {}
+    for i, (fmt, ext, kw, mode) in enumerate([
+            ("PNG", "png", {}, "RGB"), ("PNG", "png", {}, "L"), ("JPEG", "jpg", {"quality": 80}, "RGB"),
+            ("JPEG", "jpg", {"progressive": True}, "RGB"), ("GIF", "gif", {}, "P"), ("WEBP", "webp", {"quality": 70}, "RGB"),
+            ("WEBP", "webp", {"lossless": True}, "RGB"), ("WEBP", "webp", {}, "RGBA"), ("BMP", "bmp", {}, "RGB")]):
+        w, h = int(rng.integers(1, 700)), int(rng.integers(1, 700))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").convert(mode)
+        path = tmp_path / f"img{i}.{ext}"
+        if fmt == "JPEG":
+            exif = img.getexif()
+            exif[0x0112] = 6
+            kw = {**kw, "exif": exif}
+        img.save(path, fmt, **kw)
+        with Image.open(path) as check:
+            cases[path.name] = [check.width, check.height]
+    huge = [p.name for p in oversized_files(tmp_path)]
+    (tmp_path / "notes.txt").write_text("not an image")
+    module = (Path(__file__).resolve().parents[1] / "src" / "pocketcnn" / "web" / "preprocess.js").as_uri()
+    script = tmp_path / "check.mjs"
+    script.write_text(f"""
+import fs from "fs";
+import {{ imageHeader, checkImageHeader }} from "{module}";
+const sizes = {{}}, refused = {{}};
+for (const name of {json.dumps(sorted(cases))}) {{
+  const h = imageHeader(new Uint8Array(fs.readFileSync(name)));
+  sizes[name] = h ? [h.width, h.height] : null;
+}}
+for (const name of {json.dumps([*huge, "notes.txt"])}) {{
+  try {{ checkImageHeader(new Uint8Array(fs.readFileSync(name))); refused[name] = null; }}
+  catch (e) {{ refused[name] = e.message; }}
+}}
+console.log(JSON.stringify({{ sizes, refused }}));
+""")
+    done = subprocess.run(["node", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["sizes"] == cases
+    assert "PNG, JPEG, GIF, WebP or BMP" in result["refused"]["notes.txt"]
+    for name in huge:
+        assert "9000x9000" in result["refused"][name] and "over the limit" in result["refused"][name]
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
