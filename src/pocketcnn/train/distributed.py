@@ -1,6 +1,9 @@
 """torch.distributed glue: torchrun's environment in, rank/world out.
 
-The engine calls :func:`setup` once; with no torchrun variables it is a single process.
+The engine calls :func:`setup` once per run and :func:`teardown` on every way out of it (the end,
+an error, an interrupt); with no torchrun variables it is a single process and both do nothing.
+A gloo group left alive at interpreter exit is the usual cause of "terminate called without an
+active exception" (SIGABRT) in a worker that had finished its work.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # setup() made the process group (so teardown() destroys it)
 
     @property
     def enabled(self) -> bool:
@@ -32,14 +36,16 @@ def setup(device_type: str, timeout_s: float = 120.0) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+def teardown(info: DistInfo) -> None:
+    """Destroy the process group :func:`setup` made for ``info`` (a group made by the caller is left to it)."""
+    if info.owns_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -415,11 +415,11 @@ class RunState:
 
 
 def setup_run(cfg: TrainConfig, *, model: nn.Module | None = None, save: bool = True,
-              pretrained: bool = True) -> RunState:
+              pretrained: bool = True, device: torch.device | None = None, dist: D.DistInfo | None = None) -> RunState:
     """Device, process group, data, model (with ``cfg.weights`` loaded when ``pretrained``), optimizer,
     schedule, EMA and mixed precision for ``cfg``."""
-    device = select_device(cfg.device)
-    dist = D.setup(device.type)
+    device = device or select_device(cfg.device)
+    dist = dist or D.setup(device.type)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if cfg.batch_size % dist.world_size:
@@ -601,22 +601,27 @@ def fit(cfg: TrainConfig, callbacks: Callbacks | None = None, *, model: nn.Modul
         if not resume and not overwrite:
             refuse_earlier_run(cfg.out_dir)
         check_writable_dir(cfg.out_dir, "training run")
-    state = setup_run(cfg, model=model, save=save, pretrained=not resume)
-    if resume:
-        restore(state, resume)
-    if callbacks and state.dist.is_main and hasattr(callbacks, "on_start"):
-        callbacks.on_start(state.notes)
-    if state.writes:
-        state.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(state.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state.metrics))
-        atomic_write_text(state.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    with _StopFlag() as stop:
-        for epoch in range(state.start_epoch, cfg.epochs):
-            totals = train_epoch(state, epoch, stop, callbacks, after_step)
-            end_epoch(state, epoch, totals, callbacks)
-            if stop.signal is not None:
-                raise Interrupted(f"interrupted by signal {stop.signal}: saved {state.last} (epoch {epoch + 1} "
-                                  f"complete); resume with --resume {state.last}")
+    device = select_device(cfg.device)
+    dist = D.setup(device.type)
+    try:  # every way out (the end, an error, Ctrl-C / SIGTERM) leaves the process group
+        state = setup_run(cfg, model=model, save=save, pretrained=not resume, device=device, dist=dist)
+        if resume:
+            restore(state, resume)
+        if callbacks and state.dist.is_main and hasattr(callbacks, "on_start"):
+            callbacks.on_start(state.notes)
+        if state.writes:
+            state.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(state.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state.metrics))
+            atomic_write_text(state.out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        with _StopFlag() as stop:
+            for epoch in range(state.start_epoch, cfg.epochs):
+                totals = train_epoch(state, epoch, stop, callbacks, after_step)
+                end_epoch(state, epoch, totals, callbacks)
+                if stop.signal is not None:
+                    raise Interrupted(f"interrupted by signal {stop.signal}: saved {state.last} (epoch {epoch + 1} "
+                                      f"complete); resume with --resume {state.last}")
+    finally:
+        D.teardown(dist)
     final = state.metrics[-1]["test_top1"] if state.metrics else float("nan")
     return FitResult(state.name, cfg.epochs, state.best_top1, final, sum(p.numel() for p in state.core.parameters()),
                      time.perf_counter() - t_start, str(state.last), str(state.best),
