@@ -46,8 +46,9 @@ data:
 	  fi; \
 	fi
 
-# The browser tests: Debian's Chromium and the pinned ONNX Runtime Web files (npm pack, checked by
-# hash, about 35 MB once; `pocketcnn web-runtime` does the same for an installed wheel).
+# The browser tests: Debian's Chromium and the pinned browser runtimes, ONNX Runtime Web and LiteRT.js
+# (npm pack, each checked against its npm integrity hash, about 47 MB downloaded once, never from a
+# CDN; `pocketcnn web-runtime` does the same for an installed wheel).
 browser: setup
 	@if [ ! -x "$(CHROMIUM)" ] && command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; echo "installing Debian package chromium"; \
