@@ -1,24 +1,29 @@
-"""Latency of the browser page: ONNX Runtime Web in headless Chromium against the server and Python.
+"""Latency of the browser page: LiteRT.js and ONNX Runtime Web in headless Chromium against native runtimes.
 
-    python benchmarks/browser_latency.py [--repeats 50] [--out runs/bench/browser_latency.json]
+    python benchmarks/browser_latency.py [--repeats 30] [--cases mobilenet_v2:224 ...] [--out runs/bench/browser_latency.json]
 
-For squeezenet1_1 and mobilenet_v3_small, each at the Fashion-MNIST shape (1x28x28,
-small_input, 10 classes) and the ImageNet shape (3x224x224, 1000 classes), random weights:
+For squeezenet1_1, mobilenet_v3_small and mobilenet_v2, each at the Fashion-MNIST shape
+(1x28x28, small_input, 10 classes) and the ImageNet shape (3x224x224, 1000 classes), with
+the torchvision-constructor (random) weights: timing does not depend on the weights' values.
 
-* the model is written with ``export_web`` (batch-1 ONNX, verified against PyTorch) and the
-  folder served by ``pocketcnn serve`` on 127.0.0.1 (COOP/COEP: threads allowed);
-* in headless Chromium (Debian's, ``/usr/lib/chromium/chromium``, through Playwright) the
-  page runs the model on the device with 1 and with 2 WebAssembly threads (``?threads=N``):
-  per image, the model alone (``session.run``) and decoding + preprocessing in JavaScript;
+* the model is written with ``export_web`` (batch-1 ONNX and fp32 NHWC ``.tflite``, each
+  verified against PyTorch) and served by ``pocketcnn serve`` on 127.0.0.1 (COOP/COEP:
+  threads allowed);
+* in headless Chromium (Debian's, ``/usr/lib/chromium/chromium``, through Playwright), one
+  page per setting, the page runs the model on the device with each runtime (``?runtime=litert``:
+  LiteRT.js on the ``.tflite``; ``?runtime=ort``: ONNX Runtime Web on the ONNX file) on 1 and
+  2 WebAssembly threads (``?threads=N``): per image, the model alone and decoding +
+  preprocessing in JavaScript;
 * the server path from the same page: ``POST v1/predict`` with one image, the round trip
   the page sees and the server's own ``latency_ms``;
-* the reference: Python ONNX Runtime at batch 1 on the same file (intra-op threads 1 and 2),
-  the model alone, and the Python preprocessing of the same image.
+* the reference, in the same run: native ONNX Runtime (Python) and native LiteRT
+  (``ai-edge-litert``, XNNPACK) at batch 1 on the same files, 1 and 2 threads, the model alone.
 
-Each number is the median of ``--repeats`` runs after 5 warm-up runs. Test images: a 28x28
-gray PNG for the 28 models, a 640x480 JPEG photo for the 224 models (resized to 256, then
-cropped). Page weight: what the browser downloads for the device mode (model + ONNX Runtime
-Web + page files), uncompressed. Markdown table on stdout, JSON to ``--out``.
+Each number is the median of ``--repeats`` runs after 5 warm-up runs, the same input every
+run. Test images: a 28x28 gray PNG for the 28 models, a 640x480 JPEG photo for the 224
+models (resized to 256, then cropped). Page weight per runtime: what the browser downloads
+for the device mode (model file + that runtime's files as a cross-origin isolated page gets
+them + page files), uncompressed. Markdown table on stdout, JSON to ``--out``.
 
 The machine's 2 cores are shared (with other jobs too): the load average is recorded.
 """
@@ -41,7 +46,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("POCKETCNN_CHROMIUM", "/usr/lib/chromium/chromium")
 HOST = "127.0.0.1"
-CASES = [("squeezenet1_1", 28), ("squeezenet1_1", 224), ("mobilenet_v3_small", 28), ("mobilenet_v3_small", 224)]
+CASES = [("squeezenet1_1", 28), ("squeezenet1_1", 224), ("mobilenet_v3_small", 28), ("mobilenet_v3_small", 224),
+         ("mobilenet_v2", 28), ("mobilenet_v2", 224)]
+RUNTIMES = ("litert", "ort")
 WARMUP = 5
 
 
@@ -115,6 +122,7 @@ def median_ms(values: list[float]) -> float:
 
 def python_reference(model: Path, image: bytes, source, repeats: int) -> dict[str, float]:
     from pocketcnn.runtime.images import preprocess
+    from pocketcnn.runtime.litert import LiteRtRunner
     from pocketcnn.runtime.onnx import ort_session
 
     pre = []
@@ -132,23 +140,33 @@ def python_reference(model: Path, image: bytes, source, repeats: int) -> dict[st
             sess.run(None, feed)
             times.append((time.perf_counter() - t) * 1000)
         out[f"ort_python_{threads}t_ms"] = median_ms(times)
+    for threads in (1, 2):  # native LiteRT on the .tflite file the page runs
+        runner = LiteRtRunner(model.with_suffix(".tflite"), threads=threads)
+        times = []
+        for _ in range(repeats + WARMUP):
+            t = time.perf_counter()
+            runner.run(x[None])
+            times.append((time.perf_counter() - t) * 1000)
+        out[f"litert_python_{threads}t_ms"] = median_ms(times)
     return out
 
 
 def browser_numbers(browser, url: str, image: bytes, name: str, repeats: int) -> dict[str, float]:
     out: dict[str, float] = {}
     data = list(image)
-    for threads in (1, 2):
-        page = browser.new_page()
-        page.goto(f"{url}?mode=device&threads={threads}")
-        page.evaluate("pocketcnn.ready")
-        assert page.evaluate("pocketcnn.state.mode") == "device"
-        got = page.evaluate("pocketcnn.state.device.threads")
-        assert got == threads, f"asked for {threads} threads, the page runs {got}"
-        t = page.evaluate("([b, n]) => pocketcnn.timeDevice(new Uint8Array(b), n)", [data, repeats + WARMUP])
-        out[f"wasm_{threads}t_ms"] = median_ms(t["model"])
-        out[f"js_preprocess_{threads}t_ms"] = median_ms(t["preprocess"])
-        page.close()
+    for runtime in RUNTIMES:
+        for threads in (1, 2):
+            page = browser.new_page()
+            page.goto(f"{url}?mode=device&runtime={runtime}&threads={threads}")
+            page.evaluate("pocketcnn.ready")
+            assert page.evaluate("pocketcnn.state.mode") == "device", page.inner_text("#status")
+            assert page.evaluate("pocketcnn.state.device.runtime") == runtime
+            got = page.evaluate("pocketcnn.state.device.threads")
+            assert got == threads, f"asked for {threads} threads, the page runs {got}"
+            t = page.evaluate("([b, n]) => pocketcnn.timeDevice(new Uint8Array(b), n)", [data, repeats + WARMUP])
+            out[f"{runtime}_wasm_{threads}t_ms"] = median_ms(t["model"])
+            out[f"{runtime}_js_preprocess_{threads}t_ms"] = median_ms(t["preprocess"])
+            page.close()
     page = browser.new_page()
     page.goto(f"{url}?mode=server")
     page.evaluate("pocketcnn.ready")
@@ -160,23 +178,27 @@ def browser_numbers(browser, url: str, image: bytes, name: str, repeats: int) ->
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| model | input | page weight (model + runtime + page) | WASM 1 thread | WASM 2 threads | "
-            "JS decode + preprocess | server round trip (server's own) | ORT Python batch 1, 1 / 2 threads | "
-            "Python preprocess |")
-    lines = [head, "|" + " --- |" * 9]
+    head = ("| model | input | LiteRT.js 1 / 2 threads | ONNX Runtime Web 1 / 2 threads | LiteRT.js speed-up 1 / 2 | "
+            "native LiteRT 1 / 2 | native ONNX Runtime 1 / 2 | page weight LiteRT.js / ORT Web | "
+            "JS decode + preprocess | server round trip (server's own) |")
+    lines = [head, "|" + " --- |" * 10]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['input']} | {r['page_bytes_total'] / 1e6:.2f} MB ({r['model_bytes'] / 1e6:.2f} + "
-            f"{r['runtime_bytes'] / 1e6:.2f} + {r['page_files_bytes'] / 1e3:.0f} kB) | {r['wasm_1t_ms']:.2f} ms | "
-            f"{r['wasm_2t_ms']:.2f} ms | {r['js_preprocess_1t_ms']:.2f} ms | {r['server_round_trip_ms']:.2f} ms "
-            f"({r['server_latency_ms']:.2f}) | {r['ort_python_1t_ms']:.2f} / {r['ort_python_2t_ms']:.2f} ms | "
-            f"{r['python_preprocess_ms']:.2f} ms |")
+            f"| {r['model']} | {r['input']} | {r['litert_wasm_1t_ms']:.2f} / {r['litert_wasm_2t_ms']:.2f} ms | "
+            f"{r['ort_wasm_1t_ms']:.2f} / {r['ort_wasm_2t_ms']:.2f} ms | {r['speedup_1t']:.2f}x / {r['speedup_2t']:.2f}x | "
+            f"{r['litert_python_1t_ms']:.2f} / {r['litert_python_2t_ms']:.2f} ms | "
+            f"{r['ort_python_1t_ms']:.2f} / {r['ort_python_2t_ms']:.2f} ms | "
+            f"{r['page_bytes_litert'] / 1e6:.1f} / {r['page_bytes_ort'] / 1e6:.1f} MB | "
+            f"{r['litert_js_preprocess_1t_ms']:.2f} ms | {r['server_round_trip_ms']:.2f} ms "
+            f"({r['server_latency_ms']:.2f}) |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--cases", nargs="+", default=None, metavar="MODEL:SIZE",
+                    help="only these cases, e.g. mobilenet_v2:224 (default: all six)")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "browser_latency.json")
     ap.add_argument("--md", type=Path, default=None, help="also write the Markdown table here")
     args = ap.parse_args(argv)
@@ -185,14 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     from pocketcnn.export.web import export_web
-    from pocketcnn.runtime.web import require_ort_web
+    from pocketcnn.runtime.web import require_litert_js, require_ort_web
 
     torch.set_num_threads(2)
     runtime = require_ort_web()
+    litert = require_litert_js()
+    cases = CASES if not args.cases else [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pocketcnn-browser-bench-") as tmp, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        for name, size in CASES:
+        for name, size in cases:
             source = make_source(name, size)
             folder = Path(tmp) / f"{name}-{size}"
             result = export_web(source, folder)
@@ -206,18 +230,23 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(20)
             nums.update(python_reference(model, image, source, args.repeats))
             row = {"model": name, "input": "x".join(map(str, source.input_size)), "params": source.params,
-                   "image": image_name, "model_bytes": result.model_bytes, "runtime_bytes": result.runtime_bytes,
+                   "image": image_name, "model_bytes": result.model_bytes, "tflite_bytes": result.tflite_bytes,
+                   "runtime_bytes": result.runtime_bytes, "litert_bytes_threaded": litert.build_bytes("threaded"),
                    "page_files_bytes": result.page_bytes,
-                   "page_bytes_total": result.model_bytes + result.runtime_bytes + result.page_bytes, **nums}
+                   "page_bytes_ort": result.model_bytes + result.runtime_bytes + result.page_bytes,
+                   "page_bytes_litert": result.tflite_bytes + litert.build_bytes("threaded") + result.page_bytes,
+                   "speedup_1t": nums["ort_wasm_1t_ms"] / nums["litert_wasm_1t_ms"],
+                   "speedup_2t": nums["ort_wasm_2t_ms"] / nums["litert_wasm_2t_ms"], **nums}
             rows.append(row)
-            print(f"{name} {row['input']}: {json.dumps(nums)}", file=sys.stderr, flush=True)
+            print(f"{name} {row['input']}: {json.dumps(nums)} load {os.getloadavg()[0]:.2f}", file=sys.stderr,
+                  flush=True)
         version = browser.version
         browser.close()
     table = markdown(rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"chromium": version, "onnxruntime_web": runtime.version, "repeats": args.repeats, "warmup": WARMUP,
-            "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
+    meta = {"chromium": version, "onnxruntime_web": runtime.version, "litert_js": litert.version,
+            "repeats": args.repeats, "warmup": WARMUP, "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
             "onnxruntime": __import__("onnxruntime").__version__,
             "command": "python benchmarks/browser_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.write_text(json.dumps({"rows": rows, **meta}, indent=2) + "\n")

@@ -7,7 +7,8 @@ Fashion-MNIST training images (about 75% top-1; 5-10 minutes on 2 CPU cores), ex
 it with ``export_web``, serves it with ``pocketcnn serve`` on 127.0.0.1, and photographs the
 page in headless Chromium at a phone's size (412 px wide): on the left four Fashion-MNIST
 test images answered by the server, on the right the same images (and a text file) answered
-on the device with ONNX Runtime Web.
+on the device with LiteRT.js (the page's default device runtime), the camera button first as
+on a phone.
 """
 from __future__ import annotations
 
