@@ -55,6 +55,17 @@ def start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
     raise RuntimeError(f"{url} did not answer")
 
 
+def settle(log: Path, quiet_s: float = 2.0, limit_s: float = 30.0) -> None:
+    """Wait until the server's log has not grown for ``quiet_s``: the worker's update check of
+    sw.js runs after a visit's navigation, and belongs to that visit."""
+    deadline = time.monotonic() + limit_s
+    size, since = log.stat().st_size, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.2)
+        if log.stat().st_size != size:
+            size, since = log.stat().st_size, time.monotonic()
+
+
 def logged(log: Path) -> list[tuple[str, str, int]]:
     return [(m[1], m[2], int(m[3])) for m in REQUEST.finditer(log.read_text(errors="replace"))]
 
@@ -93,13 +104,17 @@ def measure(browser, base: str, query: str, log: Path, photo: Path) -> dict[str,
     sizes: dict[str, int] = {}
     context = browser.new_context()
     try:
+        settle(log)
         n0 = len(logged(log))
         first = visit(context, base + query, photo)
+        settle(log)
         n1 = len(logged(log))
         second = visit(context, base + query, photo)
+        settle(log)
         n2 = len(logged(log))
         context.set_offline(True)
         offline = visit(context, base + query, photo)
+        settle(log)
         n3 = len(logged(log))
     finally:
         context.close()
@@ -108,7 +123,8 @@ def measure(browser, base: str, query: str, log: Path, photo: Path) -> dict[str,
     second_b = body_bytes(base, reqs[n1:n2], sizes)
     return {"first_s": round(first, 3), "second_s": round(second, 3), "offline_s": round(offline, 3),
             "first_bytes": first_b, "second_bytes": second_b, "second_share": second_b / first_b,
-            "first_requests": n1 - n0, "second_requests": n2 - n1, "offline_requests_reaching_server": n3 - n2}
+            "first_requests": n1 - n0, "second_requests": n2 - n1, "second_paths": [p for _, p, _ in reqs[n1:n2]],
+            "offline_requests_reaching_server": n3 - n2}
 
 
 def markdown(rows: list[dict]) -> str:
