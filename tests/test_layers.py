@@ -27,7 +27,7 @@ TORCH_FREE = ["errors", "fileio", "lazy", "data/spec.py", "data/__init__.py", "a
               "runtime/__init__.py", "runtime/images.py", "runtime/onnx.py", "runtime/predictor.py", "runtime/loader.py",
               "runtime/litert.py", "workflows/predict.py", "serve", "runtime/web.py", "__init__.py", "__main__.py",
               # every command module (--help works without torch), and what their options list
-              "cli", "compress/options.py", "export/formats.py", "train/config.py"]
+              "cli", "compress/options.py", "artifacts/formats.py", "train/config.py"]
 
 
 def modules() -> list[Path]:

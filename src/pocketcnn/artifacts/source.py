@@ -16,9 +16,10 @@ from torch import nn
 from ..data.spec import DataSpec
 from ..errors import CheckpointError, ConfigError, PocketCNNError
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .formats import BY_NAME, format_of, suffixes
 from .metadata import build_metadata
 
-MODEL_SUFFIXES = (".pt", ".pth", ".pcz")
+MODEL_SUFFIXES = suffixes(kind="weights")  # a model held as PyTorch weights (the format table)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ def load_model_source(source: str | Path, weights: str | Path | None = None, *,
                           "nothing is downloaded")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, expected a model file ({', '.join(MODEL_SUFFIXES)})")
-    if path.suffix == ".pcz":
+    fmt = format_of(path)
+    if fmt is BY_NAME["pcz"]:
         from .pcz import load_pcz
 
         model, meta = load_pcz(path)
@@ -96,9 +98,9 @@ def load_model_source(source: str | Path, weights: str | Path | None = None, *,
         build = require_build(model, str(path))
         return ModelSource(model.eval(), build.name, dict(build.kwargs), check_data(meta.get("data"), path), path,
                            "pcz")
-    if path.suffix in (".onnx", ".pte", ".pt2", ".tflite"):
-        raise CheckpointError(f"{path}: an exported model cannot be exported or quantized again; give the "
-                              f"checkpoint (.pt) or .pcz file it came from")
+    if fmt is not None and fmt.kind != "weights":
+        raise CheckpointError(f"{path}: {fmt.description}: an exported model cannot be exported or quantized "
+                              f"again; give the checkpoint (.pt) or .pcz file it came from")
     ckpt = load_checkpoint(path)
     data = check_data(ckpt.get("data"), path)
     model = model_from_checkpoint(ckpt, source=str(path))

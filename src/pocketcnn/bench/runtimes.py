@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts.formats import BY_NAME
 from ..errors import ConfigError, close_matches, first_line
 from ..models.registry import build_of
 
@@ -147,12 +148,12 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
             fold_batchnorm(export_model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            path = export_onnx(export_model, workdir / f"{tag}.onnx", input_size=input_size, dynamic_batch=True)
+            path = export_onnx(export_model, workdir / f"{tag}{BY_NAME['onnx'].suffix}", input_size=input_size, dynamic_batch=True)
         note = RUNTIMES.get(name) or REFERENCE_RUNTIMES[name]
         if name == "onnxruntime-int8":
             from ..compress import quantize
             calib = [b.numpy() for b in _calibration(input_size)]
-            path = quantize.quantize_onnx(path, workdir / f"{tag}.int8.onnx", calib, per_channel=True)
+            path = quantize.quantize_onnx(path, workdir / f"{tag}.int8{BY_NAME['onnx'].suffix}", calib, per_channel=True)
             note += " (calibrated on random inputs: speed only)"
         return Runtime(name, OnnxRuntimeModule(path, threads=threads, shards=1, note=note), note)
     if name == "torch-int8":
@@ -160,7 +161,7 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
         qmodel = quantize.quantize_torch(copy.deepcopy(model), _calibration(input_size))
         return Runtime(name, qmodel, RUNTIMES[name] + " (calibrated on random inputs: speed only)")
     if name in LITERT_RUNTIMES:
-        return _litert_runtime(name, model, input_size, threads, workdir / f"{tag}.tflite")
+        return _litert_runtime(name, model, input_size, threads, workdir / f"{tag}{BY_NAME['tflite'].suffix}")
     raise ConfigError(f"unknown runtime {name!r}. Valid runtimes: {', '.join([*RUNTIMES, *REFERENCE_RUNTIMES])}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..artifacts.formats import BY_NAME
 from .common import RichProgress, echo_json, err_console, out_console
 
 
@@ -45,8 +46,8 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
     from ..train.config import TrainConfig
     from ..train.engine import evaluate, fit
 
-    path = check_output(Path(out) if out else Path(checkpoint).with_suffix(".pcz"), inputs=[checkpoint],
-                        suffixes=[".pcz"], what=".pcz file")  # before minutes of work, not after
+    path = check_output(Path(out) if out else Path(checkpoint).with_suffix(BY_NAME["pcz"].suffix), inputs=[checkpoint],
+                        suffixes=list(BY_NAME["pcz"].suffixes), what=".pcz file")  # before minutes of work, not after
     ckpt = load_checkpoint(checkpoint)
     if not ckpt.get("data") or not ckpt.get("config"):
         raise CheckpointError(f"{checkpoint}: no data description or training config in the checkpoint")

@@ -5,14 +5,14 @@ import click
 
 from .common import echo_json, err_console, out_console
 
-from ..export.formats import FORMATS, SUFFIX
+from ..artifacts.formats import EXPORT_FORMATS, export_suffix
 
 
 @click.command()
 @click.argument("source")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="With a model NAME as SOURCE: a local torchvision ImageNet weight file.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx", show_default=True,
               help="onnx (ONNX Runtime), pte (ExecuTorch + XNNPACK, needs pocketcnn[mobile]), pt2 (torch.export), "
                    "tflite (LiteRT for Android, needs pocketcnn[litert]), coreml (.mlpackage for iOS/macOS, "
                    "needs pocketcnn[mobile]), web (a static folder that classifies in the browser with "
@@ -54,7 +54,7 @@ def export(source, weights, fmt, opset, dynamic_batch, int8, calib_data, calib_s
     from ..export.exporter import export_model
 
     src = load_model_source(source, weights)
-    suffix = (".int8" if int8 else "") + SUFFIX[fmt]
+    suffix = export_suffix(fmt, int8=int8)
     path = Path(out) if out else default_out(src, suffix)
     result = export_model(src, path, format=fmt, opset=opset, dynamic_batch=dynamic_batch, verify_n=verify_samples,
                           data_dir=data_dir, int8=int8, calib_data=calib_data, calib_samples=calib_samples,

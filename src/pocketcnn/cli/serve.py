@@ -47,12 +47,13 @@ def serve(model, host, port, workers, max_batch, max_wait_ms, max_body_mb, threa
 
     from ..errors import CheckpointError
     from ..runtime.onnx import default_threads
+    from ..artifacts.formats import BY_NAME, format_of
     from ..runtime.web import packaged_page
     from ..serve.server import run_server
     from ..serve.settings import MB, ServeSettings
 
     path = Path(model)
-    if path.suffix.lower() != ".onnx":
+    if format_of(path) is not BY_NAME["onnx"]:
         raise CheckpointError(f"{path}: pocketcnn serve needs an .onnx file (export one with "
                               f"'pocketcnn export'), received a {path.suffix or 'file without suffix'!r}")
     if not path.is_file():

@@ -1,6 +1,6 @@
 """``export_model``: write a model source in a deployment format, then verify the file.
 
-Formats (:data:`~pocketcnn.export.formats.FORMATS`): ``onnx``, ``pt2``, ``pte``, ``tflite``
+Formats (:data:`~pocketcnn.artifacts.formats.EXPORT_FORMATS`): ``onnx``, ``pt2``, ``pte``, ``tflite``
 (LiteRT, fp32 or full-integer int8) and ``coreml`` (an ``.mlpackage`` folder). The output
 path is checked before any work (not the source itself, the suffix of the format, a
 writable folder) and the file (or folder) is written atomically: under a pending name next
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.formats import BY_NAME, EXPORT_FORMATS, format_of
 from ..artifacts.source import ModelSource
 from ..errors import ConfigError, DataError, ExportError, OutputError
 from ..fileio import check_output, check_writable_dir
-from .formats import FORMATS, SUFFIX
 from .verify import ATOL, Verification, verification_inputs, verify_export
 
 CALIB_SAMPLES = 512
@@ -90,7 +90,7 @@ def export_model(source: ModelSource, path: str | Path, *, format: str = "onnx",
     if format == "coreml":
         path = _check_package(path, source)
     else:
-        path = check_output(path, inputs=[source.path], suffixes=[SUFFIX[format]], what=f"{format} file")
+        path = check_output(path, inputs=[source.path], suffixes=[BY_NAME[format].suffix], what=f"{format} file")
     meta = source.metadata()
     size = source.input_size
     pending = path.with_name(f".{path.stem}.pending{path.suffix}")
@@ -126,8 +126,8 @@ def export_model(source: ModelSource, path: str | Path, *, format: str = "onnx",
 
 def _check_options(format: str, dynamic_batch: bool, int8: bool, precision: str | None, calib_samples: int,
                    test_samples: int | None) -> None:
-    if format not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, received format={format!r}")
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, received format={format!r}")
     if int8 and format != "tflite":
         raise ConfigError(f"int8 export is offered for format='tflite' (for ONNX: 'pocketcnn quantize'), "
                           f"received format={format!r} with int8=True")
@@ -208,7 +208,7 @@ def _write(format: str, source: ModelSource, path: Path, size: tuple[int, int, i
 def _check_package(path: str | Path, source: ModelSource) -> Path:
     """An ``.mlpackage`` target: a folder; an existing one is replaced only when it is a package."""
     path = Path(path)
-    if path.suffix.lower() != ".mlpackage":
+    if format_of(path) is not BY_NAME["coreml"]:
         raise OutputError(f"{path}: the Core ML package must end in .mlpackage, received {path.suffix or 'no suffix'!r}")
     if path.exists() and not (path.is_dir() and (path / "Manifest.json").is_file()):
         raise OutputError(f"{path}: exists and is not a Core ML package; choose another --out")

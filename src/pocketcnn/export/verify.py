@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts.formats import BY_NAME, format_of
 from ..data.spec import DataSpec
 from ..errors import ExportError, PocketCNNError, first_line
 
@@ -72,7 +73,7 @@ def verify_export(path: str | Path, model: nn.Module, inputs: torch.Tensor, *, a
     from ..runtime.loader import open_runtime
 
     path = Path(path)
-    if path.suffix == ".onnx":
+    if format_of(path) is BY_NAME["onnx"]:
         import onnx
 
         try:

@@ -50,13 +50,21 @@ def find_weights(cfg: ModelConfig, entry: Weights, *, path: str | Path | None = 
     return where
 
 
+def _is_safetensors(path: Path) -> bool:
+    """By the content, whatever the name: a safetensors file opens with its JSON header's length (8 bytes,
+    little-endian) and the header's ``{``; a ``.pth`` file is a zip archive (or a pickle)."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors``, a torchvision ``.pth`` or a pocketcnn checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weight file")
     try:
-        if path.suffix == ".safetensors":
+        if _is_safetensors(path):
             from safetensors.torch import load_file
 
             return load_file(str(path))

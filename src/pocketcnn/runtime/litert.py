@@ -117,7 +117,8 @@ class LiteRtRunner:
 
     runtime = "litert"
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, *, spinning: bool = True) -> None:
+        # spinning: ONNX Runtime's setting (its idle threads spin); XNNPACK's thread pool has none
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: {'is a folder, not' if self.path.is_dir() else 'no such'} .tflite file")

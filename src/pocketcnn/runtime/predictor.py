@@ -15,18 +15,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..artifacts.formats import format_of, suffixes
 from ..artifacts.metadata import require_data
 from ..data.spec import DataSpec
 from ..errors import CheckpointError, ConfigError, ExportError, PocketCNNError, first_line
 from .images import ImageSource, image_name, preprocess
 
 BATCH = 32  # images per runner call in :meth:`Predictor.predict`
-# model files this package does not open, and what does
-OTHER_LOADERS = {
-    ".pt": "a PyTorch checkpoint", ".pth": "a PyTorch checkpoint", ".pcz": "a compressed (.pcz) model",
-    ".pt2": "a torch.export archive", ".pte": "an ExecuTorch program",
-}
-LIGHT_SUFFIXES = (".onnx", ".tflite")  # what open_model opens: ONNX Runtime, the LiteRT interpreter
 
 
 @dataclass(frozen=True)
@@ -170,27 +165,19 @@ def open_model(path: str | Path, threads: int | None = None, *, spinning: bool =
     file, another format, or a file without pocketcnn metadata; MissingDependencyError for a
     ``.tflite`` file without ai-edge-litert installed."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in LIGHT_SUFFIXES:
-        what = OTHER_LOADERS.get(suffix)
-        if what is not None:
-            raise CheckpointError(f"{path}: {what}, which the light runtime does not open: use "
-                                  "pocketcnn.load_predictor (needs PyTorch, the full install), or export it to "
-                                  "ONNX with 'pocketcnn export'")
-        if suffix == ".mlpackage":
-            raise CheckpointError(f"{path}: a Core ML package, which runs only on Apple systems (through Core ML); "
-                                  "pocketcnn predicts with .onnx or .tflite files")
-        raise CheckpointError(f"{path}: unknown model file type {path.suffix!r} (the light runtime opens "
-                              f"{' and '.join(LIGHT_SUFFIXES)} files)")
+    fmt = format_of(path)
+    if fmt is None or not fmt.light:
+        light = " and ".join(suffixes(light=True))
+        if fmt is None:
+            raise CheckpointError(f"{path}: unknown model file type {path.suffix!r} (the light runtime opens {light} "
+                                  "files)")
+        if fmt.kind == "folder":
+            raise CheckpointError(f"{path}: {fmt.description}; pocketcnn predicts with {light} files")
+        raise CheckpointError(f"{path}: {fmt.description}, which the light runtime does not open: use "
+                              "pocketcnn.load_predictor (needs PyTorch, the full install), or export it to "
+                              "ONNX with 'pocketcnn export'")
     if not path.is_file():
         raise CheckpointError(f"{path}: {'is a folder, not' if path.is_dir() else 'no such'} model file")
-    if suffix == ".tflite":
-        from .litert import LiteRtRunner
-
-        runner: Runner = LiteRtRunner(path, threads=threads)
-    else:
-        from .onnx import OnnxRunner
-
-        runner = OnnxRunner(path, threads=threads, spinning=spinning)
+    runner: Runner = fmt.open_runner(path, threads=threads, spinning=spinning)
     spec = require_data(runner.metadata, str(path))
     return Predictor(runner, spec, source=str(path), model=str(runner.metadata.get("model", "")))

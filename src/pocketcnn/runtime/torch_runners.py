@@ -54,7 +54,7 @@ class TorchRunner:
 class ExecuTorchRunner(TorchRunner):
     """A ``.pte`` program through ``executorch.runtime`` (optional extra ``pocketcnn[mobile]``)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:  # threads: PyTorch's setting applies
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such .pte file")
@@ -90,7 +90,7 @@ class ExecuTorchRunner(TorchRunner):
         return out.detach().numpy().astype(np.float32, copy=True)
 
 
-def load_pt2(path: str | Path) -> TorchRunner:
+def load_pt2(path: str | Path, threads: int | None = None) -> TorchRunner:  # threads: PyTorch's setting applies
     """A ``.pt2`` archive from :func:`~pocketcnn.export.torch_formats.export_pt2`, with its metadata."""
     path = Path(path)
     if not path.is_file():

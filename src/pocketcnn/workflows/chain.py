@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts.formats import BY_NAME
 from ..artifacts.source import load_model_source
 from ..compress.quantize import state_dict_bytes
 from ..data import DataSpec, balanced_subset, load_dataset
@@ -75,7 +76,7 @@ def paper_chain(ckpt: Path, out: Path, test: Any, spec: DataSpec, seconds: float
         f"1 fine-tuning epoch of {n_ft:,} images per round")
     result = deep_compress(source.model.cpu(), sparsity=SPARSITY, prune_steps=PRUNE_STEPS, bits=BITS,
                            finetune=finetune, probe=probe, chance=100.0 / spec.num_classes, log=lambda msg: log(f"compress: {msg}"))
-    pcz_path = out / f"{source.name}.pcz"
+    pcz_path = out / f"{source.name}{BY_NAME['pcz'].suffix}"
     result.save(pcz_path, metadata={"data": spec.to_dict()})
     pcz_top1 = evaluate(load_model_source(pcz_path).model, test, spec, batch_size=512).top1
     log(f"{pcz_path}: {pcz_path.stat().st_size:,} bytes, top-1 {pcz_top1:.2f}%")

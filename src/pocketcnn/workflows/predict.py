@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.formats import format_of, suffixes
 from ..data.spec import DataSpec
 from ..errors import CheckpointError, ConfigError, PocketCNNError
 from ..runtime.images import load_image, to_model_mode
@@ -26,7 +27,7 @@ from ..runtime.predictor import Prediction, Predictor, TopK
 __all__ = ["load_predictor", "predictor_from_source", "fp32_runner", "Prediction", "Predictor", "TopK",
            "load_image", "to_model_mode", "MODEL_SUFFIXES", "FP32_PATHS"]
 
-MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".tflite", ".pte", ".pt2", ".pcz")
+MODEL_SUFFIXES = suffixes(predict=True)  # what load_predictor opens (the format table's rows)
 FP32_PATHS = ("auto", "torch", "onnxruntime")  # how a model held as PyTorch weights is run
 
 
@@ -46,24 +47,24 @@ def load_predictor(path: str | Path, *, threads: int | None = None, runtime: str
             raise ConfigError(f"model name {str(path)!r} needs --weights FILE or a weights name (see "
                               "`pocketcnn weights`); nothing is downloaded")
         raise CheckpointError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if suffix in (".onnx", ".tflite"):  # the light runtime: ONNX Runtime, the LiteRT interpreter
+    fmt = format_of(path)
+    if fmt is not None and fmt.light:  # the light runtime: ONNX Runtime, the LiteRT interpreter
         from ..runtime.predictor import open_model
 
         return open_model(path, threads=threads)
-    if suffix in (".pte", ".pt2"):
+    if fmt is not None and fmt.kind == "exported":  # .pte, .pt2: their PyTorch runtimes
         from ..artifacts.metadata import require_data
         from ..runtime.loader import open_runtime
 
         runner = open_runtime(path, threads=threads)
         return Predictor(runner, require_data(runner.metadata, str(path)), source=str(path),
                          model=str(runner.metadata.get("model", "")))
-    if suffix in (".pcz", ".pt", ".pth"):
+    if fmt is not None and fmt.name in ("checkpoint", "pcz"):
         from ..artifacts.checkpoint import is_int8, load_checkpoint
         from ..artifacts.source import load_model_source
         from ..runtime.torch_runners import TorchRunner
 
-        if suffix != ".pcz":
+        if fmt.name == "checkpoint":
             ckpt = load_checkpoint(path)
             if is_int8(ckpt):  # PyTorch's int8 kernels: no ONNX path
                 from ..artifacts.checkpoint import model_from_checkpoint

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts.formats import BY_NAME
 from ..artifacts.source import ModelSource, default_out
 from ..compress.quantize import (ACTIVATION_TYPE, BACKENDS, qat_torch, quantize_onnx, quantize_torch,
                                  state_dict_bytes)
@@ -132,10 +133,11 @@ def quantize_source(source: ModelSource, *, backend: str = "onnxruntime", calib_
         raise ConfigError(f"no local reader for data set {name!r}: pass calib_data (--calib-data) as one of "
                           f"{', '.join(DATASETS)}, e.g. imagefolder with a data_dir of ImageNet-style folders")
     if backend == "onnxruntime":
-        out = check_output(out or default_out(source, ".int8.onnx"), inputs=[source.path], suffixes=[".onnx"],
+        out = check_output(out or default_out(source, ".int8" + BY_NAME["onnx"].suffix), inputs=[source.path],
+                           suffixes=list(BY_NAME["onnx"].suffixes),
                            what="int8 ONNX file")
     elif out is not None:
-        out = check_output(out, inputs=[source.path], suffixes=[".pt"], what="int8 checkpoint")
+        out = check_output(out, inputs=[source.path], suffixes=[BY_NAME["checkpoint"].suffix], what="int8 checkpoint")
     calib, _ = load_images(name, "train", calib_samples, source.data, data_dir, seed=1)
     test_x, test_y = load_images(name, "test", test_samples, source.data, data_dir, seed=0)
     images = Images(name, calib, test_x, test_y)
