@@ -529,11 +529,16 @@ def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, 
     counted = predictions_counted()
     try:
         page = context.new_page()
-        open_page(page, serve_url + "?mode=device")
+        open_page(page, serve_url)  # server mode: the first visit also stores what device mode needs
+        assert page.evaluate("pocketcnn.state.mode") == "server"
+        page.wait_for_selector("#offline[data-ready=true]", timeout=120_000)
+        assert page.evaluate("pocketcnn.state.offline.prefetched.runtime") == "litert"
+        assert "LiteRT.js" in page.inner_text("#offline")
+        page.check("input[value=device]")
+        page.wait_for_function("pocketcnn.state.mode === 'device'", timeout=60_000)
         assert page.evaluate("crossOriginIsolated") is True
         assert page.evaluate("pocketcnn.state.runtime") == "litert"
         assert page.evaluate("pocketcnn.state.device.threads") == min(4, page.evaluate("navigator.hardwareConcurrency"))
-        page.wait_for_selector("#offline[data-ready=true]", timeout=60_000)
         cards = upload_and_read(page, images)
         check_against_predict(cards, images, expected_tflite, "device")
         # no request carried a photo: no POST, no body with an image's bytes; the server counted no image

@@ -276,18 +276,21 @@ async function updateOffline() {
   const report = await storedReport().catch(() => null);
   if (report) {
     const need = [new URL("./", location.href).href];
-    if (state.device) need.push(...state.device.files);
-    o.ready = controlled(state.plan.cache) && need.every((u) => report.urls.has(new URL(u, location.href).href.split("?")[0]));
+    const device = state.device || state.offline.prefetched;
+    if (device) need.push(...device.files);
+    else need.push(null); // nothing for device mode stored yet
+    o.ready = controlled(state.plan.cache) && need.every((u) => u && report.urls.has(new URL(u, location.href).href.split("?")[0]));
     Object.assign(o, { bytes: report.bytes, files: report.files, cache: state.plan.cache });
   }
   note.dataset.ready = String(o.ready);
   if (o.ready) {
+    const rt = (state.device || state.offline.prefetched).runtime;
     note.textContent = `Ready to work offline: ${mb(o.bytes)} stored on this device (${o.files} files: the page, `
-      + `${state.device ? RUNTIMES[state.device.runtime] : "the runtime"} and the model).`;
+      + `${RUNTIMES[rt]} and the model).`;
   } else if (o.problem) {
     note.textContent = `Not available offline: ${o.problem}.`;
   } else {
-    note.textContent = state.plan ? "Not yet ready to work offline: the model runs on this device once loaded."
+    note.textContent = state.plan ? "Not yet ready to work offline: storing the page, its runtime and the model\u2026"
       : "Not available offline: this server does not offer the page's offline plan (offline.json).";
   }
 }
@@ -357,8 +360,7 @@ async function loadOrt() {
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   const threads = ort.env.wasm.numThreads;
   return {
-    runtime: "ort", info, threads, layout: "NCHW",
-    files: [`${base}ort.wasm.min.js`, `${base}ort-wasm-simd-threaded.mjs`, `${base}ort-wasm-simd-threaded.wasm`, MODEL_URLS.ort],
+    runtime: "ort", info, threads, layout: "NCHW", files: await deviceFiles("ort"),
     async run(data, dims) {
       const out = await session.run({ [session.inputNames[0]]: new ort.Tensor("float32", data, dims) });
       return out[session.outputNames[0]].data;
@@ -367,6 +369,36 @@ async function loadOrt() {
 }
 
 let litertLib = null; // loadLiteRt may run once per page
+
+/** The files `runtime` fetches on this browser: its API, the WebAssembly build it picks, the model. */
+async function deviceFiles(runtime) {
+  if (runtime === "ort") {
+    const base = RUNTIME_URLS.ort;
+    return [`${base}ort.wasm.min.js`, `${base}ort-wasm-simd-threaded.mjs`, `${base}ort-wasm-simd-threaded.wasm`, MODEL_URLS.ort];
+  }
+  const base = RUNTIME_URLS.litert;
+  const lt = await import(`${base}core/index.js`);
+  const build = threadCount() > 1 ? "litert_wasm_threaded_internal" : (await lt.supportsFeature("relaxedSimd"))
+    ? "litert_wasm_internal" : "litert_wasm_compat_internal";
+  return [`${base}core/index.js`, `${base}wasm-utils/index.js`, `${base}core/wasm/${build}.js`,
+          `${base}core/wasm/${build}.wasm`, MODEL_URLS.litert];
+}
+
+/**
+ * In server mode, store what device mode needs in the background (through the service worker),
+ * so that the page also classifies offline after this first visit. Nothing is compiled or run.
+ */
+async function prefetchDevice() {
+  const runtime = state.runtime;
+  if (!runtime || state.available[runtime] !== true || !state.plan || !controlled(state.plan.cache)) return;
+  const files = await deviceFiles(runtime);
+  for (const url of files) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`GET ${url}: ${r.status}`);
+    await r.arrayBuffer();
+  }
+  state.offline.prefetched = { runtime, files };
+}
 
 async function loadLiteRt() {
   const base = RUNTIME_URLS.litert;
@@ -385,12 +417,8 @@ async function loadLiteRt() {
   const info = infoFromMeta(meta, bytes.length);
   if (info.layout !== "NHWC") throw new Error(`the .tflite file takes ${info.layout} input; pocketcnn writes NHWC`);
   const model = await lt.loadAndCompile(bytes, { accelerator: "wasm", cpuOptions: { numThreads: threads } });
-  const build = threads > 1 ? "litert_wasm_threaded_internal" : (await lt.supportsFeature("relaxedSimd"))
-    ? "litert_wasm_internal" : "litert_wasm_compat_internal";
   return {
-    runtime: "litert", info, threads, layout: "NHWC",
-    files: [`${base}core/index.js`, `${base}wasm-utils/index.js`, `${base}core/wasm/${build}.js`,
-            `${base}core/wasm/${build}.wasm`, MODEL_URLS.litert],
+    runtime: "litert", info, threads, layout: "NHWC", files: await deviceFiles("litert"),
     async run(data, dims) {
       const input = new lt.Tensor(data, dims);
       let outs = [];
@@ -724,6 +752,12 @@ async function init() {
   if (!runtimeOk.length) $("#mode-note").textContent += ` On this device: unavailable (${available[missing[0]]}).`;
   if (!server && !state.device) $("#model").textContent = "No model could be loaded.";
   await updateOffline();
+  if (state.mode !== "device" && !state.offline.ready) {
+    prefetchDevice().then(updateOffline).catch((err) => {
+      state.offline.problem = `device mode could not be stored (${err.message || err})`;
+      updateOffline();
+    });
+  }
 }
 
 const ready = init();
