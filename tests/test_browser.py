@@ -44,6 +44,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CHROMIUM = os.environ.get("POCKETCNN_CHROMIUM", "/usr/lib/chromium/chromium")
 N_IMAGES = 24
 TOL_PROB = 1e-3
+TIMEOUT_MS = 180_000  # for any one wait in the browser
 
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set POCKETCNN_CHROMIUM)",
@@ -203,6 +204,7 @@ def browser():
 def page(browser):
     """A phone-sized page; JavaScript errors fail the test."""
     context = browser.new_context(viewport={"width": 412, "height": 915}, device_scale_factor=1)
+    context.set_default_timeout(TIMEOUT_MS)  # a shared 2-core machine: generous, never a sleep
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -223,7 +225,7 @@ def upload_and_read(page, files: list[Path]) -> dict[str, dict]:
     page.set_input_files("#files", [str(f) for f in files])
     want = before + len(files)
     page.wait_for_function(
-        f"document.querySelectorAll('#results .card:not([data-status=pending])').length >= {want}", timeout=60_000)
+        f"document.querySelectorAll('#results .card:not([data-status=pending])').length >= {want}", timeout=TIMEOUT_MS)
     cards = page.eval_on_selector_all(
         "#results .card", """cards => cards.map(c => ({...c.dataset,
             message: (c.querySelector('.message') || {}).textContent || null,
@@ -271,7 +273,7 @@ def test_serve_page_server_and_device_modes_match_predict(page, serve_url, image
     page.screenshot(path=str(tmp_path / "browser-server.png"), full_page=True)
 
     page.check("input[value=device]")
-    page.wait_for_function("pocketcnn.state.mode === 'device'", timeout=60_000)
+    page.wait_for_function("pocketcnn.state.mode === 'device'", timeout=TIMEOUT_MS)
     threads = page.evaluate("pocketcnn.state.device.threads")
     assert threads == min(4, page.evaluate("navigator.hardwareConcurrency")) and threads >= 1
     assert page.evaluate("pocketcnn.state.device.info.name") == "squeezenet1_1"
@@ -286,7 +288,7 @@ def test_serve_page_server_and_device_modes_match_predict(page, serve_url, image
     check_against_predict(again, [images[0]], expected_tflite, "device")
     # ONNX Runtime Web stays selectable, and answers as predict on the ONNX file
     page.check("input[value=ort]")
-    page.wait_for_function("pocketcnn.state.runtime === 'ort'", timeout=60_000)
+    page.wait_for_function("pocketcnn.state.runtime === 'ort'", timeout=TIMEOUT_MS)
     again = upload_and_read(page, [images[1]])
     check_against_predict(again, [images[1]], expected, "device")
     assert "ONNX Runtime Web" in again[images[1].name]["meta"]
@@ -450,6 +452,7 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
 
     url, site, log = offline_site
     context = browser.new_context(viewport={"width": 412, "height": 915})
+    context.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     seen: list[tuple[str, str, bool | None]] = []  # (method, url, answered by the service worker)
     context.on("response", lambda r: seen.append((r.request.method, r.url, r.from_service_worker)))
@@ -463,7 +466,7 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
         worker = page.evaluate("navigator.serviceWorker.controller && navigator.serviceWorker.controller.scriptURL")
         assert worker and f"cache=pocketcnn-{sha}-" in worker
         assert page.evaluate("caches.keys()") == [json.loads((site / "offline.json").read_text())["cache"]]
-        page.wait_for_selector("#offline[data-ready=true]", timeout=60_000)
+        page.wait_for_selector("#offline[data-ready=true]", timeout=TIMEOUT_MS)
         stored = page.evaluate("pocketcnn.state.offline")
         assert stored["ready"] and stored["bytes"] > (site / "model.tflite").stat().st_size
         assert "Ready to work offline" in page.inner_text("#offline") and "MB stored" in page.inner_text("#offline")
@@ -502,11 +505,11 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
         page.reload()
         page.evaluate("window.pocketcnn.ready")
         page.wait_for_function("pocketcnn.state.device && pocketcnn.state.device.info.name === 'squeezenet1_1-v2'",
-                               timeout=60_000)
+                               timeout=TIMEOUT_MS)
         assert new_sha[:12] in page.inner_text("#model") and "squeezenet1_1-v2" in page.inner_text("#model")
         new_cache = json.loads((site / "offline.json").read_text())["cache"]
         assert page.evaluate("caches.keys()") == [new_cache] and new_sha in new_cache
-        page.wait_for_selector("#offline[data-ready=true]", timeout=60_000)
+        page.wait_for_selector("#offline[data-ready=true]", timeout=TIMEOUT_MS)
         again = upload_and_read(page, [images[0]])
         check_against_predict(again, [images[0]], expected_tflite, "device")
     finally:
@@ -518,6 +521,7 @@ def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, 
     import httpx
 
     context = browser.new_context(viewport={"width": 412, "height": 915})
+    context.set_default_timeout(TIMEOUT_MS)
     sent: list[tuple[str, str, bytes]] = []
     context.on("request", lambda r: sent.append((r.method, r.url, r.post_data_buffer or b"")))
     photos = [p.read_bytes() for p in images if p.suffix == ".png"]
@@ -531,11 +535,11 @@ def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, 
         page = context.new_page()
         open_page(page, serve_url)  # server mode: the first visit also stores what device mode needs
         assert page.evaluate("pocketcnn.state.mode") == "server"
-        page.wait_for_selector("#offline[data-ready=true]", timeout=120_000)
+        page.wait_for_selector("#offline[data-ready=true]", timeout=TIMEOUT_MS)
         assert page.evaluate("pocketcnn.state.offline.prefetched.runtime") == "litert"
         assert "LiteRT.js" in page.inner_text("#offline")
         page.check("input[value=device]")
-        page.wait_for_function("pocketcnn.state.mode === 'device'", timeout=60_000)
+        page.wait_for_function("pocketcnn.state.mode === 'device'", timeout=TIMEOUT_MS)
         assert page.evaluate("crossOriginIsolated") is True
         assert page.evaluate("pocketcnn.state.runtime") == "litert"
         assert page.evaluate("pocketcnn.state.device.threads") == min(4, page.evaluate("navigator.hardwareConcurrency"))
@@ -599,6 +603,7 @@ def test_oversized_image_is_refused_from_its_header_before_decoding(page, serve_
 def test_camera_is_the_first_action_on_a_phone(browser, static_url):
     for width, camera_first in ((412, True), (1280, False)):
         context = browser.new_context(viewport={"width": width, "height": 900})
+        context.set_default_timeout(TIMEOUT_MS)
         try:
             page = context.new_page()
             open_page(page, static_url)
