@@ -7,9 +7,9 @@ runtime; each batch decoded with :func:`~pocketcnn.runtime.images.preprocess` an
 so the rows equal the local engine's and ``predict --json``), and Ray writes the rows as
 Parquet or JSON Lines, one file per block, into the output folder.
 
-Without ``address`` a local Ray runtime is started (``num_cpus`` = ``workers``, no dashboard)
-and stopped at the end; with ``address`` (``auto``, ``HOST:6379`` or ``ray://HOST:10001``)
-the job runs on that cluster, whose nodes must read the model and the images at the same
+Without ``address`` (nor ``RAY_ADDRESS`` in the environment) a local Ray runtime is started
+(``num_cpus`` = ``workers``, no dashboard) and stopped at the end; with ``address`` (``auto``,
+``HOST:6379`` or ``ray://HOST:10001``) the job runs on that cluster, whose nodes must read the model and the images at the same
 paths (a shared file system) and have pocketcnn installed.
 
 Each actor reserves :data:`ACTOR_CPUS` of a CPU and runs ONNX Runtime on one thread: on a
@@ -30,8 +30,9 @@ from .batch import (BATCH_SIZE, OUTPUT_FORMATS, BatchResult, UsageError, arrow_s
                     decode_chunk, iter_sources, load_model, rows_for)
 
 ACTOR_CPUS = 0.5  # logical CPUs each actor reserves (see the module docstring)
-ROWS_PER_BLOCK = 1024  # images per block, so per output file (at least 2 blocks per actor)
+ROWS_PER_BLOCK = 512  # images per block, so per output file (at least 4 blocks per actor: no idle tail)
 RAY_FORMATS = ("parquet", "jsonl")
+RAY_BATCH = 256  # rows per actor call (Ray's per-call cost spread over more images); the model runs --batch-size
 
 
 def _ray() -> Any:
@@ -46,9 +47,10 @@ def _ray() -> Any:
 class BatchPredictor:
     """A Ray Data actor: the model opened once; ``pyarrow.Table`` of ``image`` paths -> rows."""
 
-    def __init__(self, model: str, topk: int, threads: int = 1) -> None:
+    def __init__(self, model: str, topk: int, batch_size: int = BATCH_SIZE, threads: int = 1) -> None:
         self.predictor = load_model(model, threads=threads)
         self.topk = topk
+        self.batch_size = batch_size
         self.schema = arrow_schema()
 
     def __call__(self, batch: Any) -> Any:
@@ -56,8 +58,10 @@ class BatchPredictor:
 
         names = [str(p) for p in batch.column("image").to_pylist()]
         files = [str(p) for p in batch.column("file").to_pylist()]
-        decoded = decode_chunk(self.predictor.spec, files, names=names)
-        rows = rows_for(self.predictor, *decoded, topk=self.topk)
+        rows = []
+        for i in range(0, len(names), self.batch_size):  # the model runs on --batch-size images at a time
+            decoded = decode_chunk(self.predictor.spec, files[i:i + self.batch_size], names=names[i:i + self.batch_size])
+            rows += rows_for(self.predictor, *decoded, topk=self.topk)
         return pa.Table.from_pylist([{"image": r["image"], "topk": r.get("topk"), "error": r.get("error")}
                                      for r in rows], schema=self.schema)
 
@@ -116,6 +120,7 @@ def predict_batch_ray(model: str | Path, sources: list[str], out: str | Path, *,
     items = [{"image": p, "file": os.path.abspath(p)} for p in iter_sources(sources)]
 
     started = False
+    address = address or os.environ.get("RAY_ADDRESS") or None  # as ray.init itself reads it
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
@@ -132,14 +137,15 @@ def predict_batch_ray(model: str | Path, sources: list[str], out: str | Path, *,
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
         actors = workers_given or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        blocks = max(2 * actors, math.ceil(len(items) / ROWS_PER_BLOCK))
+        blocks = max(4 * actors, math.ceil(len(items) / ROWS_PER_BLOCK))
         for old in (out.iterdir() if out.is_dir() else ()):  # --force (checked above): earlier output files
             old.unlink()
         start = time.perf_counter()
         ds = ray.data.from_items(items, override_num_blocks=min(blocks, len(items)))
         del items
-        ds = ds.map_batches(BatchPredictor, fn_constructor_kwargs={"model": model, "topk": topk, "threads": 1},
-                            batch_size=batch_size, batch_format="pyarrow",
+        ds = ds.map_batches(BatchPredictor, fn_constructor_kwargs={"model": model, "topk": topk,
+                                                                  "batch_size": batch_size, "threads": 1},
+                            batch_size=max(batch_size, RAY_BATCH), batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ACTOR_CPUS)
         if fmt == "parquet":
             ds.write_parquet(str(out.resolve()))
