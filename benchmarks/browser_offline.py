@@ -124,7 +124,7 @@ def measure(browser, base: str, query: str, log: Path, photo: Path) -> dict[str,
     return {"first_s": round(first, 3), "second_s": round(second, 3), "offline_s": round(offline, 3),
             "first_bytes": first_b, "second_bytes": second_b, "second_share": second_b / first_b,
             "first_requests": n1 - n0, "second_requests": n2 - n1, "second_paths": [p for _, p, _ in reqs[n1:n2]],
-            "offline_requests_reaching_server": n3 - n2}
+            "offline_requests_reaching_server": n3 - n2, "offline_paths": [p for _, p, _ in reqs[n2:n3]]}
 
 
 def markdown(rows: list[dict]) -> str:
