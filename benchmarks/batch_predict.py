@@ -73,14 +73,27 @@ def write_set(folder: Path, n: int, kind: str, size: int) -> Path:
 
 
 def build_model(path: Path, size: int) -> Path:
+    """squeezenet1_1 with random weights: 1x28x28 as the Fashion-MNIST builds (small_input), or the
+    ImageNet layout at 3x224x224 (10 classes), exported to ONNX with pocketcnn metadata (needs torch)."""
     if path.exists():
         return path
     sys.path.insert(0, str(REPO / "tests" / "light"))
-    import prepare  # tests/light/prepare.py: a pocketcnn ONNX export with metadata (needs torch)
+    import prepare  # tests/light/prepare.py: pocketcnn ONNX exports with metadata
 
     if size == 28:
         return prepare.make_onnx(path)
-    return prepare.make_onnx(path, in_chans=3, image_size=224, resize_size=224, num_classes=10)
+    import torch
+
+    import pocketcnn
+    from pocketcnn.artifacts.metadata import build_metadata
+    from pocketcnn.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "in_chans": 3}
+    model = pocketcnn.create_model("squeezenet1_1", **kwargs).eval()
+    meta = build_metadata("squeezenet1_1", kwargs, prepare.spec(3, 224, 224, 10),
+                          params=sum(p.numel() for p in model.parameters()))
+    return export_onnx(model, path, input_size=(3, 224, 224), dynamic_batch=True, metadata=meta)
 
 
 def _tree_rss(root: int) -> int:
@@ -128,7 +141,7 @@ def measure(cmd: list[str], cwd: Path) -> dict:
             "stderr": stderr[-2000:]}
 
 
-def ceiling(model: Path, images: Path, threads: int = 2, batch: int = 32, n: int = 1024) -> float:
+def ceiling(model: Path, images: Path, threads: int = 2, batch: int = 32, n: int = 512) -> float:
     """ONNX Runtime alone: images/s on preprocessed tensors at ``batch``, ``threads`` threads."""
     from pocketcnn.runtime.images import preprocess
     from pocketcnn.runtime.predictor import open_model

@@ -207,9 +207,16 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(job, tmp_path, monkeypat
     assert not (tmp_path / "o.jsonl").exists() and (tmp_path / "done.jsonl").read_text() == "{}\n"
 
 
+HALF = "photos/[0-4]"  # the images of five classes (about 1,000): a run long enough to stop half-way
+
+
+def half(expected: dict[str, dict]) -> set[str]:
+    return {n for n in expected if n.split("/")[1] in "01234"}
+
+
 def _start(root: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
     env = prepare.blocked_env(tmp_path / "block")
-    return subprocess.Popen([sys.executable, "-m", "pocketcnn", "predict", "model.onnx", "photos", "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "pocketcnn", "predict", "model.onnx", HALF, "--out", str(out),
                              "--workers", "1", "--batch-size", "8"], cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -224,38 +231,40 @@ def _wait_for_rows(proc: subprocess.Popen, path: Path, rows: int) -> None:
 
 def test_resume_after_sigkill_has_every_image_exactly_once(job, tmp_path):
     out = tmp_path / "rows.jsonl"
+    names = half(job["expected"])
     proc = _start(job["root"], out, tmp_path)
-    _wait_for_rows(proc, out, 400)
-    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers, mid-run
+    _wait_for_rows(proc, out, 200)
+    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker, mid-run
     proc.wait(timeout=20)
     killed = out.read_bytes().count(b"\n")
-    assert 400 <= killed < N_IMAGES
+    assert 200 <= killed < len(names)
     with open(out, "a") as f:
         f.write('{"image": "photos/0/torn')  # half a row, as a kill during a write leaves
-    r = run_cli(job["root"], "model.onnx", "photos", "--out", str(out), "--resume", "--workers", "2")
-    assert r.returncode == 1, r.stderr
+    r = run_cli(job["root"], "model.onnx", HALF, "--out", str(out), "--resume", "--workers", "2")
+    assert r.returncode == 0, r.stderr
     assert f"{killed:,} images done already" in r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]  # every line whole again
-    assert differences(rows, job["expected"]) == []
-    r = run_cli(job["root"], "model.onnx", "photos", "--out", str(out), "--resume", "--workers", "0")  # nothing left
+    assert differences(rows, job["expected"], subset=names) == []
+    r = run_cli(job["root"], "model.onnx", HALF, "--out", str(out), "--resume", "--workers", "0")  # nothing left
     assert r.returncode == 0, r.stderr
-    assert out.read_text().count("\n") == N_IMAGES + len(BAD)
+    assert out.read_text().count("\n") == len(names)
 
 
 def test_sigterm_leaves_a_readable_parquet_file_and_resume_finishes_it(job, tmp_path):
     out = tmp_path / "rows.parquet"
+    names = half(job["expected"])
     proc = _start(job["root"], out, tmp_path)
-    _wait_for_rows(proc, B.journal_path(out), 200)
+    _wait_for_rows(proc, B.journal_path(out), 100)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and "--resume" in stderr
     assert not B.journal_path(out).exists()
     first = list(B.read_records(out))  # a complete Parquet file
-    assert 200 <= len(first) < N_IMAGES
-    r = run_cli(job["root"], "model.onnx", "photos", "--out", str(out), "--resume")
-    assert r.returncode == 1, r.stderr
-    assert differences(list(B.read_records(out)), job["expected"]) == []
+    assert 100 <= len(first) < len(names)
+    r = run_cli(job["root"], "model.onnx", HALF, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert differences(list(B.read_records(out)), job["expected"], subset=names) == []
 
 
 def test_light_modules_import_no_torch_at_module_level():

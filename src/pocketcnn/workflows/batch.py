@@ -35,6 +35,8 @@ import os
 import signal
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,10 @@ class UsageError(PocketCNNError):
     """A command line refused before any image is classified (exit status 2)."""
 
     exit_code = 2
+
+
+class WorkerError(PocketCNNError):
+    """A worker process died during the run (exit status 1; ``--resume`` continues)."""
 
 
 @dataclass(frozen=True)
@@ -607,9 +613,9 @@ def run_batch(job: BatchJob, progress: Callable[[Progress], None] | None = None,
 
             results: Iterator[tuple[list[dict[str, Any]], int]] = map(local, chunks)
         else:
-            pool = _mp_context().Pool(job.workers, initializer=_worker_init,
-                                      initargs=(str(job.model), job.threads, job.runtime))
-            results = _in_order(pool, chunks, job.topk, limit=2 * job.workers + 2)
+            pool = ProcessPoolExecutor(job.workers, mp_context=_mp_context(), initializer=_worker_init,
+                                       initargs=(str(job.model), job.threads, job.runtime))
+            results = _in_order(pool, chunks, job.topk, limit=2 * job.workers + 2, out=out)
         for rows, errors in results:
             writer.write(rows)
             done += len(rows)
@@ -622,23 +628,27 @@ def run_batch(job: BatchJob, progress: Callable[[Progress], None] | None = None,
         if stop is not None:
             stop.restore()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)  # the batches being classified finish (a second or less)
         writer.close()
     return BatchResult(str(out), job.format, "local", done, failed, len(job.skip), time.perf_counter() - start,
                        job.workers, job.batch_size, stop.signal if stop is not None else None)
 
 
-def _in_order(pool: Any, chunks: Iterator[list[str]], topk: int, limit: int) -> Iterator[Any]:
+def _in_order(pool: Any, chunks: Iterator[list[str]], topk: int, limit: int, out: Path) -> Iterator[Any]:
     """The workers' results in the order of ``chunks``, at most ``limit`` chunks in flight
-    (bounded memory; the workers never wait for work)."""
+    (bounded memory; the workers never wait for work). A worker that dies (killed, out of
+    memory, a crash in a decoder) ends the run with one line, not a hang."""
     pending: deque[Any] = deque()
-    for chunk in chunks:
-        pending.append(pool.apply_async(_worker_chunk, (chunk, topk)))
-        if len(pending) >= limit:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_worker_chunk, chunk, topk))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise WorkerError(f"a worker process died (killed, or out of memory) while classifying; the rows so far are "
+                          f"in {out}: rerun with --resume to finish") from None
 
 
 class _Stop:
