@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import ConfigError
+from .validate import check_int
 from .runtime.onnx import ort_session
 
 __all__ = ["optimize", "fold_batchnorm", "example_batch", "OnnxRuntimeModule", "BACKENDS"]
@@ -176,9 +177,7 @@ class OnnxRuntimeModule(nn.Module):
 def _check_threads(threads: int | None) -> int:
     if threads is None:
         return torch.get_num_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"threads must be a positive integer, received threads={threads!r}")
-    return threads
+    return check_int("threads", threads)
 
 
 def _onnxruntime_available() -> bool:

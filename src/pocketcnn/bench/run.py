@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, PocketCNNError, first_line
+from ..validate import check_int, is_int
 from .cpu import CpuInfo, cpu_info
 from .runtimes import (INT8_RUNTIMES, REFERENCE_RUNTIMES, RUNTIMES, Runtime, RuntimeUnavailable, build_runtime,
                        parse_runtimes, reference_model)
-from .timing import RATIO_KEYS, BenchResult, _is_pos_int, _num_threads, _trim_heap, matmul_peak_gflops, measure_many
+from .timing import RATIO_KEYS, BenchResult, _num_threads, _trim_heap, matmul_peak_gflops, measure_many
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -42,12 +43,10 @@ class BenchConfig:
         object.__setattr__(self, "runtimes", parse_runtimes(self.runtimes))
         if self.threads is None:
             object.__setattr__(self, "threads", torch.get_num_threads())
-        if not self.batch_sizes or any(not _is_pos_int(b) for b in self.batch_sizes):
+        if not self.batch_sizes or not all(is_int(b) and b >= 1 for b in self.batch_sizes):
             raise ConfigError(f"batch_sizes must be positive integers, received {list(self.batch_sizes)!r}")
-        if not _is_pos_int(self.threads):
-            raise ConfigError(f"threads must be a positive integer, received threads={self.threads!r}")
-        if self.input_size is not None and (not _is_pos_int(self.input_size) or self.input_size < 8):
-            raise ConfigError(f"input_size must be an integer >= 8, received input_size={self.input_size!r}")
+        check_int("threads", self.threads)
+        check_int("input_size", self.input_size, 8, optional=True)
 
     @property
     def warmup(self) -> int:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, PocketCNNError
+from ..validate import check_int, check_number
 from ..models.registry import build_of
 
 RATIO_KEYS: dict[str, str] = {
@@ -73,10 +74,6 @@ class BenchResult:
         return d
 
 
-def _is_pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
 
 _PEAK_CACHE: dict[tuple[int, int], float] = {}
 
@@ -87,9 +84,7 @@ def matmul_peak_gflops(threads: int | None = None, *, n: int = 2048, min_time: f
     Repeats ``torch.mm`` for at least ``min_time`` seconds and keeps the fastest call;
     cached per ``(threads, n)`` for the life of the process.
     """
-    threads = torch.get_num_threads() if threads is None else threads
-    if not _is_pos_int(threads):
-        raise ConfigError(f"threads must be a positive integer, received threads={threads!r}")
+    threads = check_int("threads", torch.get_num_threads() if threads is None else threads)
     key = (threads, n)
     if key not in _PEAK_CACHE:
         gen = torch.Generator().manual_seed(0)
@@ -183,23 +178,17 @@ class _PeakMemory:
 
 def _check_timing(batch_size: Any, input_size: Any, threads: Any, warmup: Any, min_time: Any,
                   repeats: Any) -> tuple[tuple[int, int, int], int]:
-    if not _is_pos_int(batch_size):
-        raise ConfigError(f"batch_size must be a positive integer, received batch_size={batch_size!r}")
+    check_int("batch_size", batch_size)
     try:
         size = tuple(int(v) for v in input_size)
     except (TypeError, ValueError):
         size = ()
     if len(size) != 3 or min(size) < 1:
         raise ConfigError(f"input_size must be (C, H, W) with positive values, received {input_size!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warmup must be a non-negative integer, received warmup={warmup!r}")
-    if not _is_pos_int(repeats):
-        raise ConfigError(f"repeats must be a positive integer, received repeats={repeats!r}")
-    if not isinstance(min_time, (int, float)) or min_time < 0:
-        raise ConfigError(f"min_time must be a number >= 0, received min_time={min_time!r}")
-    threads = torch.get_num_threads() if threads is None else threads
-    if not _is_pos_int(threads):
-        raise ConfigError(f"threads must be a positive integer, received threads={threads!r}")
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats)
+    check_number("min_time", min_time, 0)
+    threads = check_int("threads", torch.get_num_threads() if threads is None else threads)
     return size, threads  # type: ignore[return-value]
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..artifacts.pcz import MAX_BITS  # 4096 centroids at most; indices fit int16
 from ..errors import ConfigError
+from ..validate import check_int
 from .prune import MaskGuard, prunable_layers
 
 
@@ -37,8 +38,7 @@ class Cluster:
 
 
 def check_bits(name: str, bits: int) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
-        raise ConfigError(f"{name} must be an integer in [1, {MAX_BITS}], received {name}={bits!r}")
+    check_int(name, bits, 1, MAX_BITS)
 
 
 def index_dtype(bits: int) -> torch.dtype:

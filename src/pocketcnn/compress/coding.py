@@ -19,6 +19,7 @@ from torch import nn
 from ..artifacts.pcz import (CHUNK, DTYPES, GAP_BITS, MAX_BITS, MAX_CODE_LEN, PczStats, TensorRecord, canonical_codes,
                              frame)
 from ..errors import ConfigError
+from ..validate import check_int
 from ..fileio import atomic_write_bytes
 from ..models.registry import require_build
 from .cluster import Cluster
@@ -138,8 +139,7 @@ def encode_pcz(model: nn.Module, *, name: str | None = None, model_kwargs: Mappi
     if not isinstance(name, str) or not isinstance(model_kwargs, Mapping):
         raise ConfigError(f"a .pcz file needs the registry name and model_kwargs, received name={name!r}, "
                           f"model_kwargs={model_kwargs!r} (models from create_model carry both)")
-    if not isinstance(gap_bits, int) or isinstance(gap_bits, bool) or not 1 <= gap_bits <= 15:
-        raise ConfigError(f"gap_bits must be an integer in [1, 15], received gap_bits={gap_bits!r}")
+    check_int("gap_bits", gap_bits, 1, 15)
     state, masks, shared = model.state_dict(), dict(masks or {}), dict(shared or {})
     for key in shared:
         if key not in state:

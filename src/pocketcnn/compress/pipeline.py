@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validate import check_int
 from ..models.registry import build_of
 from .cluster import Cluster, SharedWeights, check_bits, cluster_weights
 from .coding import GAP_BITS, PczStats, encode_pcz, save_pcz, to_entries
@@ -84,8 +85,7 @@ def prune_schedule(sparsity: float, steps: int) -> list[float]:
     ``sparsity`` exactly. ``prune_schedule(0.67, 3)`` -> ``[0.309, 0.523, 0.67]``.
     """
     check_sparsity(sparsity)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ConfigError(f"prune_steps must be an integer >= 1, received prune_steps={steps!r}")
+    check_int("prune_steps", steps)
     keep = 1.0 - sparsity
     return [1.0 - keep ** (k / steps) for k in range(1, steps)] + [float(sparsity)]
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validate import check_number
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
             nn.ConvTranspose3d, nn.Linear)
@@ -35,8 +36,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def check_sparsity(sparsity: float) -> None:
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity must be a number in [0, 1), received sparsity={sparsity!r}")
+    check_number("sparsity", sparsity, 0.0, 1.0, high_open=True)
 
 
 def n_pruned(numel: int, sparsity: float) -> int:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError, ExportError, first_line
+from ..validate import check_int
 from ..fileio import atomic_write
 from ..int8 import fx_convert, fx_prepare
 from .options import ACTIVATION_TYPE, ACTIVATION_TYPES, BACKENDS, TORCH_METHODS  # noqa: F401 (re-exported)
@@ -180,8 +181,7 @@ def qat_torch(model: nn.Module, train_batches: Callable[[], Iterable[tuple[torch
     from torch.ao.quantization import disable_observer
     from torch.ao.nn.intrinsic.qat import freeze_bn_stats
 
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ConfigError(f"QAT epochs must be a positive integer, received epochs={epochs!r}")
+    check_int("epochs", epochs)  # of QAT
     first = next(iter(train_batches()), None)
     if first is None:
         raise DataError("QAT needs training batches, received none")

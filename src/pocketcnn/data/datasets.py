@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, close_matches
+from ..validate import check_int
 from .spec import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -130,8 +131,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, root, split)
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DataError(f"image_size must be a positive integer, received image_size={image_size!r}")
+    check_int("image_size", image_size, error=DataError)
     return _load_image_folder(root, split, image_size)
 
 
@@ -155,8 +155,7 @@ def balanced_subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
     Deterministic for a given ``seed``; indices keep the data set's order. A class with too few
     samples gives all it has. ``n`` None or ``>= len(dataset)`` returns ``dataset`` unchanged.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise DataError(f"subset size must be a positive integer, received n={n!r}")
+    check_int("n", n, optional=True, error=DataError)  # the subset size
     if n is None or n >= len(dataset):
         return dataset
     targets = torch.as_tensor(dataset.targets, dtype=torch.long)

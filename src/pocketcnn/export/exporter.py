@@ -26,6 +26,7 @@ from typing import Any
 from ..artifacts.formats import BY_NAME, EXPORT_FORMATS, format_of
 from ..artifacts.source import ModelSource
 from ..errors import ConfigError, DataError, ExportError, OutputError
+from ..validate import check_int
 from ..fileio import check_output, check_writable_dir
 from .verify import ATOL, Verification, verification_inputs, verify_export
 
@@ -140,9 +141,8 @@ def _check_options(format: str, dynamic_batch: bool, int8: bool, precision: str 
         raise ConfigError(f"dynamic_batch does not apply to format={format!r}: "
                           + ("LiteRT resizes a .tflite file's batch when it runs" if format == "tflite"
                              else "a Core ML image input takes one image"))
-    for key, value in (("calib_samples", calib_samples), ("test_samples", test_samples)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"{key} must be a positive integer, received {key}={value!r}")
+    check_int("calib_samples", calib_samples, optional=True)
+    check_int("test_samples", test_samples, optional=True)
 
 
 def _tflite_int8(source: ModelSource, pending: Path, meta: dict[str, Any], data_dir: Any, calib_data: str | None,

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..artifacts.metadata import write_onnx_metadata
-from ..errors import ConfigError, ExportError, first_line
+from ..errors import ExportError, first_line
+from ..validate import check_int
 from ..fileio import atomic_write
 
 
@@ -33,8 +34,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: tuple[int, in
     """
     import onnx
 
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 23:
-        raise ConfigError(f"opset must be an integer in [7, 23], received opset={opset!r}")
+    check_int("opset", opset, 7, 23)
     model = model.eval().cpu()
 
     def write(tmp: str) -> None:

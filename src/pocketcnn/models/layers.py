@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validate import check_int
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -19,11 +20,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if new < 0.9 * value:
         new += divisor
     return new
-
-
-def check_positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ConfigError(f"{name} must be a number > 0, received {name}={value!r}")
 
 
 class ConvBNAct(nn.Sequential):
@@ -97,8 +93,7 @@ class ClassifierMixin:
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last layer with a freshly initialised one for ``num_classes``."""
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"num_classes must be a positive integer, received {num_classes!r}")
+        check_int("num_classes", num_classes)
         self._make_classifier(num_classes)  # type: ignore[attr-defined]
         self.num_classes = num_classes
 

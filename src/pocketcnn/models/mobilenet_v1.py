@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .registry import register_model
-from .layers import ClassifierMixin, ConvBNAct, check_positive, init_weights, make_divisible
+from .layers import ClassifierMixin, ConvBNAct, init_weights, make_divisible
+from ..validate import check_number
 
 
 class Row(NamedTuple):
@@ -57,7 +58,7 @@ class MobileNetV1(ClassifierMixin, nn.Module):
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0,
                  drop_rate: float = 0.001, small_input: bool = False) -> None:
         super().__init__()
-        check_positive("width_mult", width_mult)
+        check_number("width_mult", width_mult, 0, low_open=True)
         ch = make_divisible(STEM_CHANNELS * width_mult)
         self.stem = ConvBNAct(in_chans, ch, 3, 1 if small_input else 2)
         blocks = []

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .registry import Weights, register_model
-from .layers import ClassifierMixin, ConvBNAct, check_positive, init_weights, make_divisible
+from .layers import ClassifierMixin, ConvBNAct, init_weights, make_divisible
+from ..validate import check_number
 
 
 class Stage(NamedTuple):
@@ -69,7 +70,7 @@ class MobileNetV2(ClassifierMixin, nn.Module):
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0,
                  drop_rate: float = 0.2, small_input: bool = False) -> None:
         super().__init__()
-        check_positive("width_mult", width_mult)
+        check_number("width_mult", width_mult, 0, low_open=True)
         ch = make_divisible(STEM_CHANNELS * width_mult)
         layers: list[nn.Module] = [ConvBNAct(in_chans, ch, 3, 1 if small_input else 2, act=nn.ReLU6)]
         for st in TABLE2:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .registry import Weights, register_model
-from .layers import ClassifierMixin, ConvBNAct, SqueezeExcite, check_positive, init_weights, make_divisible
+from .layers import ClassifierMixin, ConvBNAct, SqueezeExcite, init_weights, make_divisible
+from ..validate import check_number
 
 
 class Bneck(NamedTuple):
@@ -81,8 +82,8 @@ class MobileNetV3(ClassifierMixin, nn.Module):
                  width_mult: float = 1.0, drop_rate: float = 0.2, small_input: bool = False,
                  bn_momentum: float = 0.01) -> None:
         super().__init__()
-        check_positive("width_mult", width_mult)
-        check_positive("bn_momentum", bn_momentum)
+        check_number("width_mult", width_mult, 0, low_open=True)
+        check_number("bn_momentum", bn_momentum, 0, low_open=True)
         bn = {"bn_eps": 0.001, "bn_momentum": bn_momentum}
         rows, self.head_channels = HEADS[arch]
         ch = make_divisible(STEM_CHANNELS * width_mult)

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..data.spec import DataSpec, imagenet_spec
 from ..errors import CheckpointError, ConfigError, UnknownModelError, close_matches
+from ..validate import check_int
 
 BUILD_ATTR = "pocketcnn_build"
 
@@ -157,9 +158,8 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, weigh
                 f"model {name!r} takes no keyword {key!r}.{close_matches(key, accepted)} "
                 f"Accepted: {', '.join(accepted)}"
             )
-    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, received {key}={value!r}")
+    check_int("num_classes", num_classes)
+    check_int("in_chans", in_chans)
     entry = None
     if weights is not None:
         entry = cfg.get_weights(weights)

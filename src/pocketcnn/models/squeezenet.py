@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validate import check_number
 from .registry import Weights, register_model
-from .layers import ClassifierMixin, check_positive
+from .layers import ClassifierMixin
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def fire_widths(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq:
     if not 0.0 <= pct3x3 <= 1.0:
         raise ConfigError(f"pct3x3 must be in [0, 1], received pct3x3={pct3x3!r}")
     for name, value in (("base_e", base_e), ("freq", freq), ("squeeze_ratio", squeeze_ratio)):
-        check_positive(name, value)
+        check_number(name, value, 0, low_open=True)
     if incr_e < 0:
         raise ConfigError(f"incr_e must be >= 0, received incr_e={incr_e!r}")
     widths = []

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..artifacts.metadata import parse_metadata
-from ..errors import CheckpointError, ConfigError, ExportError, first_line
+from ..errors import CheckpointError, ExportError, first_line
+from ..validate import check_int
 
 
 def default_threads() -> int:
@@ -31,11 +32,8 @@ def default_threads() -> int:
 
 def check_threads(threads: int | None) -> int:
     """``None`` or ``0`` -> :func:`default_threads`; else a positive integer (ConfigError otherwise)."""
-    if threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads == 0):
-        return default_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ConfigError(f"threads must be a positive integer (0 or None: one per CPU), received threads={threads!r}")
-    return threads
+    check_int("threads", threads, 0, optional=True)  # 0 or None: one per CPU
+    return threads or default_threads()
 
 
 def ort_session(model: str | Path | bytes, *, threads: int | None = None, profile_prefix: str | None = None,

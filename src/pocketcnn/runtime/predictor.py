@@ -19,6 +19,7 @@ from ..artifacts.formats import format_of, suffixes
 from ..artifacts.metadata import require_data
 from ..data.spec import DataSpec
 from ..errors import CheckpointError, ConfigError, ExportError, PocketCNNError, first_line
+from ..validate import check_int
 from .images import ImageSource, image_name, preprocess
 
 BATCH = 32  # images per runner call in :meth:`Predictor.predict`
@@ -62,9 +63,7 @@ class Runner(Protocol):
 
 
 def check_topk(topk: Any) -> int:
-    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise ConfigError(f"topk must be a positive integer, received topk={topk!r}")
-    return topk
+    return check_int("topk", topk)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from ..compress.quantize import (ACTIVATION_TYPE, BACKENDS, qat_torch, quantize_
 from ..data.spec import DATASETS
 from ..data.transforms import load_images
 from ..errors import ConfigError
+from ..validate import check_int
 from ..fileio import check_output
 
 SPEED_BATCH = 32
@@ -117,9 +118,8 @@ def quantize_source(source: ModelSource, *, backend: str = "onnxruntime", calib_
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, received backend={backend!r}")
-    for key, value in (("calib_samples", calib_samples), ("test_samples", test_samples)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, received {key}={value!r}")
+    check_int("calib_samples", calib_samples)
+    check_int("test_samples", test_samples)
     if backend == "torch" and not per_channel:
         raise ConfigError("per-tensor weights (per_channel=False) are offered by the onnxruntime back end only; "
                           "the torch back end uses the engine's per-channel default")
