@@ -25,13 +25,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as tritonclient_http  # the dev extra installs tritonclient[http]
 from starlette.testclient import TestClient
+from tritonclient.utils import InferenceServerException
 
-tritonclient_http = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
-
-from pocketcnn.runtime.predictor import open_model  # noqa: E402
-from pocketcnn.serve import create_app  # noqa: E402
+from pocketcnn.runtime.predictor import open_model
+from pocketcnn.serve import create_app
 
 _spec = importlib.util.spec_from_file_location("light_prepare", Path(__file__).parent / "light" / "prepare.py")
 prepare = importlib.util.module_from_spec(_spec)
