@@ -420,7 +420,12 @@ def bench_model(label: str, model: Path, photos: list[bytes], content_type: str,
     for r in range(args.rounds):
         order = servers[r % len(servers):] + servers[:r % len(servers)]
         for server in order:
-            proc, port = start(server, model, args.peers_python, folder)
+            try:
+                proc, port = start(server, model, args.peers_python, folder)
+            except SystemExit as exc:  # one more try: a busy machine can be slow to start a server
+                print(f"{exc}; trying again", file=sys.stderr)
+                time.sleep(10)
+                proc, port = start(server, model, args.peers_python, folder)
             try:
                 requests = [server.request(p, content_type, name) for p in photos]
                 got = asyncio.run(first_answer(server, port, requests[0]))
