@@ -20,14 +20,23 @@ const scoped = (path) => new URL(path, self.registration.scope).href;
 
 let planPromise = null;
 
+// A worker whose cache a newer one deleted must not create it again: it reads with
+// caches.match (which creates nothing) and writes only while its cache exists.
+const lookup = (key) => caches.match(key, { cacheName: CACHE, ignoreVary: true });
+
+async function store(key, response) {
+  if (installing || await caches.has(CACHE)) await (await caches.open(CACHE)).put(key, response);
+}
+
+let installing = false;
+
 async function loadPlan() {
-  const cache = await caches.open(CACHE);
-  const stored = await cache.match(scoped(PLAN));
+  const stored = await lookup(scoped(PLAN));
   if (stored) return stored.json();
   const r = await fetch(scoped(PLAN), { cache: "no-store" });
   if (!r.ok) throw new Error(`GET ${PLAN}: ${r.status}`);
   const plan = await r.clone().json();
-  await cache.put(scoped(PLAN), r);
+  await store(scoped(PLAN), r);
   return plan;
 }
 
@@ -37,6 +46,7 @@ function plan() {
 }
 
 self.addEventListener("install", (event) => {
+  installing = true;
   event.waitUntil((async () => {
     const p = await plan();
     if (p.cache !== CACHE) {
@@ -46,6 +56,7 @@ self.addEventListener("install", (event) => {
     }
     const cache = await caches.open(CACHE);
     await cache.addAll(p.precache.map(scoped));
+    installing = false;
     await self.skipWaiting();
   })());
 });
@@ -66,25 +77,23 @@ function isCacheable(p, url) {
 }
 
 async function fromCache(request, key) {
-  const cache = await caches.open(CACHE);
-  const hit = await cache.match(key, { ignoreVary: true });
+  const hit = await lookup(key);
   if (hit) return hit;
   const r = await fetch(request);
-  if (r.ok && r.status === 200 && r.type === "basic") await cache.put(key, r.clone());
+  if (r.ok && r.status === 200 && r.type === "basic") await store(key, r.clone());
   return r;
 }
 
 async function planFirstFromNetwork(request) {
-  const cache = await caches.open(CACHE);
   try {
     const r = await fetch(request, { cache: "no-store" });
     if (r.ok) {
       const p = await r.clone().json();
-      if (p.cache === CACHE) await cache.put(scoped(PLAN), r.clone());
+      if (p.cache === CACHE) await store(scoped(PLAN), r.clone());
     }
     return r;
   } catch (err) {
-    const hit = await cache.match(scoped(PLAN));
+    const hit = await lookup(scoped(PLAN));
     if (hit) return hit;
     throw err;
   }
