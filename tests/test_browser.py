@@ -476,6 +476,11 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
         assert "LiteRT.js" in cards[images[0].name]["meta"] and "1 thread" in cards[images[0].name]["meta"]
         first_visit = http_log(log)
         first_bytes = fetched_bytes(site, first_visit)
+        # the cache holds the page, the runtime and the model: never a photo
+        stored_urls = page.evaluate("""async () => { const c = await caches.open(pocketcnn.state.plan.cache);
+                                        return (await c.keys()).map(r => r.url); }""")
+        assert {u.removeprefix(url) for u in stored_urls} >= {"", "model.tflite", "static/app.js"}
+        assert not [u for u in stored_urls if "fmnist" in u or u.startswith("blob:")], stored_urls
 
         # offline: reload, classify the same images; nothing reaches the server, the worker answers everything
         context.set_offline(True)
