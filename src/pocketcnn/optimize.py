@@ -7,35 +7,11 @@ and folds each ``BatchNorm2d`` into the ``Conv2d`` right before it (``ConvBNAct`
 ``InvertedResidual.conv``). A ``Sequential`` feeds each child's output only to the next
 child, so this pairing is always safe.
 
-What was measured (``benchmarks/bench_inference.py``: 224x224, 2 threads, interleaved
-runs in one process, on a 2-core AMD EPYC Zen 4 VM; images/s at batch 32, in a quiet
-moment of a machine otherwise shared with other jobs):
-
-============================  =============  ============  ==================
-path                          SqueezeNet 1.1  MobileNetV2  MobileNetV3-Small
-============================  =============  ============  ==================
-eager (NCHW)                   57            32            428
-channels-last                  110           55            606
-+ BN folded + jit.freeze       132           103           832
-ONNX Runtime, BN-folded graph  230           231           1082
-============================  =============  ============  ==================
-
-- PyTorch: channels-last is the first lever (oneDNN convolutions in NHWC without a
-  reorder per layer); folding batch norm and ``torch.jit.freeze`` (weights as
-  constants, conv + add / ReLU fused) add 20-90% on top. ``torch.jit.optimize_for_inference``
-  on top was mixed (+30-40% for MobileNet v1 / v2, -15% for SqueezeNet 1.1 and
-  MobileNetV3-Small, one thread), so it is not used. ``torch.compile`` (Inductor, C++
-  code generation, works here with gcc) was no faster than the frozen module (19 vs 19
-  img/s SqueezeNet 1.1, 13.5 vs 14 MobileNetV2, measured under load) and takes
-  minutes per model and shape on 2 cores: opt-in.
-- ONNX Runtime (MLAS kernels, NCHWc layouts) was the fastest fp32 path for every model,
-  1.3-2.2x the best PyTorch path, hence ``backend="auto"`` -> ONNX Runtime on CPU. It
-  runs the same graph as torchvision's model in ONNX Runtime (ONNX Runtime folds batch
-  norm itself), so the two run at the same speed within noise (0.91-1.02x).
-- Splitting a batch across single-thread sessions (:class:`OnnxRuntimeModule`,
-  ``shards``) matched one 2-thread session on the quiet machine (0.95-1.04x) and was
-  1.1-1.7x faster while other jobs loaded the cores: a preempted thread then stalls only
-  its own images, not a barrier in every layer. It costs one copy of the weights per shard.
+Which path is fastest, and by how much, was measured with ``benchmarks/bench_inference.py``;
+the numbers, the command and the choices they led to (channels-last, BN folding and
+``torch.jit.freeze`` for PyTorch; ONNX Runtime on the folded graph as ``backend="auto"``;
+single-thread shards of :class:`OnnxRuntimeModule` on a loaded machine) are in
+docs/speed.md, "How the fp32 path was chosen".
 """
 from __future__ import annotations
 
@@ -59,7 +35,7 @@ __all__ = ["optimize", "fold_batchnorm", "example_batch", "OnnxRuntimeModule", "
 
 BACKENDS = ("torch", "onnxruntime", "auto")
 # Each shard runs its images 4 at a time: their activations then stay in the core's caches
-# (MobileNetV2, batch 32: 266 vs 237 img/s for whole halves, 230 for one 2-thread session).
+# (measured: docs/speed.md, "How the fp32 path was chosen").
 SHARD_MICRO_BATCH = 4
 
 

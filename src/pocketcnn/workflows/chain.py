@@ -30,8 +30,8 @@ SPARSITY, BITS, PRUNE_STEPS = 0.67, 6, 3  # the paper's "33% of the weights kept
 CALIB_SAMPLES, PROBE_SAMPLES, SAMPLE_IMAGES = 512, 1000, 10
 FINETUNE_ROUNDS = PRUNE_STEPS + 1  # after each pruning round and after weight sharing
 # the chain's work besides fine-tuning on 2 CPU cores: the sensitivity scan (about 100 scores of 1,000
-# images), scores of the test split, k-means, INT8 calibration, scoring and timing, files, predictions.
-# Measured: 156 s for a chain whose 4 fine-tuning epochs of 11,316 images took about 55 s.
+# images), scores of the test split, k-means, INT8 calibration, scoring and timing, files, predictions
+# (measured: docs/speed.md, "The main job's plan").
 FIXED_SECONDS = 100.0
 
 

@@ -39,8 +39,8 @@ from ..train.engine import Callbacks, build_model, evaluate, fit
 DEFAULT_MODELS = ("alexnet", "squeezenet1_1", "mobilenet_v3_small")  # the baseline and one model per family
 DEFAULT_BUDGET_MINUTES = 14.5
 # (train images, epochs), most to least work; each model takes the first that fits its share. The top is
-# two epochs of all images: the short-run recipe (no augmentation) is meant for at most two, and more
-# did not pay here (squeezenet1_1: 89.30% after 2 epochs, 88.55% after 3 in another run)
+# two epochs of all images: the short-run recipe (no augmentation) is meant for at most two, and a third
+# did not pay (docs/speed.md, "The main job's plan")
 LADDER = ((60000, 2), (50000, 2), (60000, 1), (50000, 1),
           (40000, 1), (35000, 1), (30000, 1), (28000, 1), (26000, 1), (24000, 1), (22000, 1), (20000, 1),
           (18000, 1), (16000, 1), (14000, 1), (12000, 1), (10000, 1), (8000, 1), (6000, 1), (4000, 1), (3000, 1),
@@ -77,7 +77,7 @@ def batch_size(model_name: str) -> int:
     return int(recipe(model_name).get("batch_size", BATCH))
 
 
-class _StepClock:
+class _StepClock(Callbacks):
     """Engine callbacks that note the time of every optimizer step."""
 
     def __init__(self) -> None:
@@ -98,9 +98,8 @@ def measure_speeds(model_name: str, spec: DataSpec, batch: int, steps: int = 12,
     """(training, evaluation) images/s. Training: the engine's own loop (:func:`fit`, nothing saved) over
     ``steps + 2`` real batches of ``batch`` images with the recipe's settings for a short run, timed
     step to step after the first two, median: what a run will see, data handling, scheduler, EMA
-    and metrics included (a timing of the bare forward and backward passes was 1.5x too fast for
-    squeezenet1_1 and 0.8x for AlexNet). AlexNet's steps at batch 128 vary from 0.68 to 0.92 s (one 1.5 s):
-    the median of 5 gave 136-180 images/s, so 12 are timed. Evaluation: the median of 3 timed passes."""
+    and metrics included (a timing of the bare passes was far off: docs/speed.md, "The main job's plan").
+    Twelve steps are timed because single steps vary (same page). Evaluation: the median of 3 timed passes."""
     base = TrainConfig.from_dict({**recipe(model_name), "model": model_name, "data_dir": data_dir, "epochs": 1,
                                   "batch_size": batch, "train_samples": batch * (steps + 2), "test_samples": 10,
                                   "warmup_epochs": 0.0})
@@ -157,7 +156,7 @@ def make_plan(models: tuple[str, ...], budget_s: float, spec: DataSpec, test_ima
               chain: bool = True, data_dir: str | None = None) -> Plan:
     """Measure, then share ``budget_s``: the chain's part (:data:`CHAIN_SHARE`), each model's fixed costs
     and the measuring come off, and the rest is split equally into training shares. No safety factor: the
-    measured speeds are the margin, 5-15% below what the runs then reach (AlexNet 154 vs 169 images/s)."""
+    measured speeds are the margin, below what the runs then reach (docs/speed.md, "The main job's plan")."""
     t0 = time.perf_counter()
     measured: dict[tuple[str, int], tuple[float, float]] = {}
 
