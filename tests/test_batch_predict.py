@@ -330,3 +330,14 @@ def test_ray_engine_refusals(job, tmp_path):
         with pytest.raises(B.UsageError, match=message):
             predict_batch_ray(job["model"], [str(job["root"] / "photos")], tmp_path / "full", **kwargs)
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_progress_is_one_line_per_10000_images_off_a_terminal(capsys):
+    from pocketcnn.cli.predict import PROGRESS_EVERY, _Reporter
+
+    with _Reporter() as report:  # pytest's stderr is not a terminal
+        for done in range(0, 3 * PROGRESS_EVERY + 1, 2_500):
+            report(B.Progress(done, done // 1000, 0, 1 + done / 1000))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["10,000 images, 909 images/s, 10 failed", "20,000 images, 952 images/s, 20 failed",
+                     "30,000 images, 968 images/s, 30 failed"]
