@@ -27,7 +27,8 @@ TORCH_FREE = ["errors", "fileio", "lazy", "validate", "data/spec.py", "data/__in
               "runtime/__init__.py", "runtime/images.py", "runtime/onnx.py", "runtime/predictor.py", "runtime/loader.py",
               "runtime/litert.py", "workflows/predict.py", "serve", "runtime/web.py", "__init__.py", "__main__.py",
               # every command module (--help works without torch), and what their options list
-              "cli", "compress/options.py", "artifacts/formats.py", "train/config.py"]
+              "cli", "compress/options.py", "artifacts/formats.py", "train/config.py", "workflows/batch.py",
+              "workflows/batch_ray.py"]
 
 
 def modules() -> list[Path]:

@@ -52,7 +52,7 @@ class MissingDependencyError(PocketCNNError):
 EXTRA_OF_MODULE = {
     "torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "train",
     "safetensors": "train", "executorch": "mobile", "coremltools": "mobile", "litert_torch": "litert",
-    "ai_edge_litert": "litert", "ray": "ray", "pyarrow": "ray",
+    "ai_edge_litert": "litert", "ray": "ray", "pyarrow": "parquet",
 }
 PACKAGE_OF_MODULE = {"torch": "PyTorch", "ai_edge_litert": "ai-edge-litert", "litert_torch": "litert-torch"}
 
