@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts.formats import format_of
 from ..data.spec import DataSpec
 from ..errors import DataError, MissingDependencyError, OutputError, PocketCNNError, install_hint
 from ..fileio import check_output
@@ -579,8 +580,8 @@ def plan_batch(model: str | Path, sources: Iterable[str | Path], out: str | Path
 def load_model(model: str | Path, *, threads: int | None = None, runtime: str = "auto") -> Any:
     """The :class:`~pocketcnn.runtime.predictor.Predictor` of a model file; ``.onnx`` / ``.tflite``
     in the light runtime (ONNX Runtime's idle threads sleep: the decoders need the cores)."""
-    suffix = Path(model).suffix.lower()
-    if suffix in (".onnx", ".tflite"):
+    fmt = format_of(model)
+    if fmt is not None and fmt.light:
         from ..runtime.predictor import open_model
 
         return open_model(model, threads=threads, spinning=False)
