@@ -26,8 +26,8 @@ ABORT = re.compile(r"terminate called|SIGABRT|exited with code -6|exitcode\s*:\s
 ABORT_CODES = (-6, 134)
 
 
-def run_once(k: str | None, timeout_s: float) -> dict:
-    """One pytest run of the distributed tests: seconds, return code, summary line, abort or not."""
+def run_once(k: str | None, timeout_s: float) -> tuple[dict, str]:
+    """One pytest run of the distributed tests: (seconds, return code, summary line, abort or not; its output)."""
     cmd = [sys.executable, "-m", "pytest", TESTS, "-q", "-p", "no:cacheprovider", "-rf"] + (["-k", k] if k else [])
     t0 = time.perf_counter()
     try:
@@ -40,7 +40,7 @@ def run_once(k: str | None, timeout_s: float) -> dict:
     lines = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed|error)", line)]
     hits = sorted(set(ABORT.findall(out)))
     return {"seconds": round(time.perf_counter() - t0, 1), "returncode": code, "summary": lines[-1] if lines else "",
-            "abort": code in ABORT_CODES or bool(hits), "signs": hits, "failed": code != 0}
+            "abort": code in ABORT_CODES or bool(hits), "signs": hits, "failed": code != 0}, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", help="pytest -k expression (default: every test of the file)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one run may take (default 1800)")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    ap.add_argument("--log-dir", type=Path, help="write each failed run's whole output there (run-N.log)")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error(f"--runs must be at least 1, received {args.runs}")
     runs = []
     for i in range(args.runs):
-        res = run_once(args.k, args.timeout)
+        res, out = run_once(args.k, args.timeout)
         runs.append(res)
+        if args.log_dir and res["failed"]:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            (args.log_dir / f"run-{i + 1}.log").write_text(out)
         verdict = "ABORT " + ", ".join(res["signs"]) if res["abort"] else ("failed" if res["failed"] else "ok")
         print(f"run {i + 1}/{args.runs}: {res['seconds']:.0f} s, {res['summary'] or 'no summary'}: {verdict}",
               file=sys.stderr, flush=True)

@@ -71,6 +71,9 @@ class _SignalAt:
     def __init__(self, epoch: int, step: int) -> None:
         self.at, self.epoch = (epoch, step), 0
 
+    def on_start(self, notes):
+        pass
+
     def on_epoch_start(self, epoch, epochs, steps):
         self.epoch = epoch
 
@@ -156,7 +159,7 @@ def test_config_changes_against_a_saved_config():
 @pytest.mark.parametrize("augment, erase_prob, expected", [(("crop", "erase"), 0.6, 0.6), (("crop",), 0.6, 0.0),
                                                            (("erase",), None, 0.25)])
 def test_engine_erases_with_the_configured_probability(tiny_data, tmp_path, monkeypatch, augment, erase_prob, expected):
-    import pocketcnn.train.engine as E
+    import pocketcnn.train.loop as E  # the loop's step augments the batch
 
     seen = []
     real = E.augment_batch
@@ -167,7 +170,7 @@ def test_engine_erases_with_the_configured_probability(tiny_data, tmp_path, monk
 
 
 def test_amp_auto_follows_the_hardware(monkeypatch):
-    import pocketcnn.train.engine as E
+    import pocketcnn.train.hardware as E
     from pocketcnn.train.config import recipe
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -332,3 +335,42 @@ def test_cli_short_run_says_what_it_changed(tiny_data, tmp_path, cli_runner):
     assert "batch_size=16 instead of 64" in r.stderr and "augment=() instead of ('crop', 'flip')" in r.stderr
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["batch_size"] == 16 and saved["augment"] == []
+
+
+def test_the_short_run_rule_depends_on_the_run_not_on_a_flag():
+    one_epoch = TrainConfig.from_dict({**recipe("squeezenet1_1"), "model": "squeezenet1_1", "epochs": 1})
+    whole = one_epoch.decide_run_length(60000)  # all of Fashion-MNIST once: 937 steps, but each image seen once
+    assert whole.short and whole.steps == 937 and whole.config.augment == () and whole.config.short_run == "on"
+    assert one_epoch.replace(train_samples=60000).decide_run_length(60000).config == whole.config.replace(
+        train_samples=60000)  # the same run with or without --train-samples
+    assert whole.config.batch_size == 64  # 937 steps: enough, the batch stays
+    assert "a short run (60,000 images x 1 epoch(s), 937 optimizer steps at batch 64; --short-run auto)" in whole.note()
+    long_run = one_epoch.replace(epochs=10).decide_run_length(60000)
+    assert not long_run.short and long_run.changed == () and long_run.config == one_epoch.replace(epochs=10,
+                                                                                                    short_run="off")
+    assert "not a short run" in long_run.note()
+    few_steps = one_epoch.replace(epochs=3).decide_run_length(1000)  # 45 steps at 64: smaller batch, augmentation kept
+    assert few_steps.short and few_steps.config.batch_size == 16 and few_steps.config.augment == ("crop", "flip")
+    off = one_epoch.replace(short_run="off").decide_run_length(5000)
+    assert not off.short and off.config == one_epoch.replace(short_run="off") and off.changed == ()
+    alex = TrainConfig.from_dict({**recipe("alexnet"), "model": "alexnet", "epochs": 10, "short_run": "on"})
+    forced = alex.decide_run_length(60000)
+    assert forced.short and forced.config.lr == 1e-3 and forced.config.augment == () and forced.config.batch_size == 128
+    with pytest.raises(ConfigError, match="short_run must be one of auto, on, off"):
+        one_epoch.replace(short_run="maybe")
+
+
+def test_cli_short_run_off_keeps_the_settings_and_records_the_decision(tiny_data, tmp_path, cli_runner):
+    r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data,
+                                "--epochs", "1", "--test-samples", "40", "--short-run", "off",
+                                "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "train: not a short run (320 images x 1 epoch(s), 5 optimizer steps at batch 64; --short-run off)" \
+        in r.stderr
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["short_run"] == "off" and saved["batch_size"] == 64 and saved["augment"] == ["crop", "flip"]
+    r = cli_runner.invoke(cli, ["train", "--model", "squeezenet1_1", "--data", "mnist", "--data-dir", tiny_data,
+                                "--epochs", "1", "--test-samples", "40", "--out", str(tmp_path / "auto"), "-q"])
+    assert r.exit_code == 0, r.output  # no --train-samples: the rule still sees 320 images x 1 epoch
+    assert "a short run (320 images" in r.stderr and "batch_size=16 instead of 64" in r.stderr
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["short_run"] == "on"

@@ -1,18 +1,12 @@
 """Checkpoints: one dict saved atomically, read back without unpickling code.
 
-Layout (every value is a tensor, a number, a string, or a list/dict of those, so that
-``torch.load(weights_only=True)`` reads it)::
-
-    format: "pocketcnn-checkpoint", version: 1
-    model: registry name, model_kwargs: keywords for create_model
-    state_dict: model weights           ema: EMA weights or None
-    optimizer, scheduler, scaler: state dicts or None
-    rng: {"torch": ByteTensor, "cuda": [ByteTensor...], "python": tuple}
-    epoch: last finished epoch (1-based), step: optimizer steps so far
-    config: the training configuration as a dict
-    metrics: list of per-epoch metric dicts
-    data: DataSpec.to_dict() (preprocessing and class names)
-    quantized: {"method", "engine", "dtype"} for the int8 checkpoints of ``pocketcnn quantize --backend torch``
+Every value is a tensor, a number, a string, or a list/dict of those, so that
+``torch.load(weights_only=True)`` reads it. Every file carries ``format: "pocketcnn-checkpoint"``
+and ``version`` (the schema version, :data:`VERSION`; a file without it reads as version 0).
+A training run's ``last.pt`` / ``best.pt`` is a :class:`TrainingCheckpoint`, whose fields are the
+file's other keys, each documented in docs/checkpoint.md (a test holds a written file to exactly
+those keys). The int8 checkpoints of ``pocketcnn quantize --backend torch`` hold ``model``,
+``model_kwargs``, ``state_dict``, ``data`` and ``quantized: {"method", "engine", "dtype"}``.
 
 A file is untrusted until proven otherwise: the stored model settings are checked against
 sane bounds and the stored tensor shapes against the model built on PyTorch's ``meta``
@@ -22,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +27,7 @@ from ..errors import CheckpointError, PocketCNNError, first_line
 from ..fileio import atomic_write
 from ..models.registry import create_model
 
-FORMAT, VERSION = "pocketcnn-checkpoint", 1
+FORMAT, VERSION = "pocketcnn-checkpoint", 1  # VERSION: the schema this pocketcnn writes, and the newest it reads
 MAX_PARAMS = 200_000_000  # 3x AlexNet: far above any pocket-sized network; a larger record is refused
 KINDS = "a pocketcnn checkpoint (.pt from train, compress's source, quantize --backend torch)"
 
@@ -40,6 +35,55 @@ KINDS = "a pocketcnn checkpoint (.pt from train, compress's source, quantize --b
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
     return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+RNG_KEYS = ("torch", "augment")  # TrainingCheckpoint.rng; "cuda" too where CUDA is available
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What a training run saves in ``last.pt`` and ``best.pt`` (besides ``format`` and ``version``).
+
+    A checkpoint taken anywhere (an epoch's end, or mid-epoch on SIGINT/SIGTERM) resumes to the
+    weights an uninterrupted run reaches. A file written before a field existed reads with the
+    field's default (:meth:`from_dict`), so every older checkpoint still loads and resumes.
+    """
+
+    model: str  # registry name
+    model_kwargs: dict[str, Any]  # keywords for create_model
+    state_dict: dict[str, torch.Tensor]  # the raw weights (the unwrapped model, whatever the process count)
+    optimizer: dict[str, Any]  # optimizer.state_dict()
+    scheduler: dict[str, Any]  # the learning-rate schedule's state_dict()
+    rng: dict[str, Any]  # "torch": CPU generator state, "augment": this rank's augmentation generator, "cuda": [...]
+    epoch: int  # epochs finished
+    ema: dict[str, torch.Tensor] | None = None  # the EMA weights (None without EMA)
+    ema_n_averaged: int = 1  # EMA updates so far (0 without EMA)
+    ema_ready: bool = True  # the EMA has averaged over its window: evaluate and export the EMA weights
+    scaler: dict[str, Any] | None = None  # the fp16 GradScaler's state (CUDA with AMP), else None
+    batch_in_epoch: int = 0  # batches of the next epoch already trained (0: at an epoch's end)
+    step: int = 0  # optimizer steps so far
+    epoch_partial: list[float] = field(default_factory=lambda: [0.0, 0, 0])  # loss sum, correct, seen so far
+    config: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict()
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one dict per finished epoch (metrics.jsonl)
+    data: dict[str, Any] | None = None  # DataSpec.to_dict(): preprocessing and class names
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's keys (no copies of the tensors); :func:`save_checkpoint` adds ``format`` and ``version``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, ckpt: Mapping[str, Any], source: str = "checkpoint") -> TrainingCheckpoint:
+        """A loaded checkpoint as this record; CheckpointError if it is not a training checkpoint."""
+        missing = [f.name for f in fields(cls) if f.name not in ckpt and f.default is f.default_factory is MISSING]
+        if missing:
+            raise CheckpointError(f"{source}: not a training checkpoint of pocketcnn (no {', '.join(missing)})")
+        out = cls(**{f.name: ckpt[f.name] for f in fields(cls) if f.name in ckpt})
+        out.epoch_partial = list(out.epoch_partial or [0.0, 0, 0])  # None (or absent) in older files
+        return out
+
+
+def save_training_checkpoint(path: str | Path, ckpt: TrainingCheckpoint) -> Path:
+    return save_checkpoint(path, ckpt.to_dict())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -149,7 +193,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | Path, *, use_ema: bool = 
 
 
 def _int8_model(ckpt: dict[str, Any], source: str) -> nn.Module:
-    from ..int8 import rebuild_fx_int8
+    from ..models.int8 import rebuild_fx_int8
 
     data = ckpt.get("data") or {}
     try:

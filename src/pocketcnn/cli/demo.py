@@ -22,6 +22,9 @@ class DemoProgress:
         self.done_steps = 0
         self.steps = 0
 
+    def on_start(self, notes: list[str]) -> None:
+        pass
+
     def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.steps = steps
         if self.live and self.progress is None:

@@ -1,7 +1,6 @@
 """``pocketcnn train``: the engine behind a command line (one process, or N through torchrun)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from .common import ModelName, RichProgress, echo_json, err_console
 FIELDS = ("model", "data", "data_dir", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs",
           "weight_decay", "label_smoothing", "amp", "channels_last", "ema", "seed", "workers", "train_samples",
           "test_samples", "out", "input_size", "device", "sync_bn", "erase_prob", "weights", "weights_dir", "freeze",
-          "lr_features", "val_split")
+          "lr_features", "val_split", "short_run")
 
 
 def build_config(params: dict, given: set[str], saved: dict | None = None) -> TrainConfig:
@@ -137,6 +136,9 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int, out: str | None =
 @click.option("--seed", type=int)
 @click.option("--workers", type=click.IntRange(0), help="DataLoader workers (image folders only).")
 @click.option("--train-samples", type=click.IntRange(1), help="Class-balanced training subset size.")
+@click.option("--short-run", type=click.Choice(("auto", "on", "off")),
+              help="The short-run changes (smaller batch, no augmentation, the family's short recipe): auto "
+                   "(default) when the run has under 150 optimizer steps or at most 2 epochs.")
 @click.option("--test-samples", type=click.IntRange(1), help="Class-balanced test subset size.")
 @click.option("--input-size", type=click.IntRange(8), help="Resize images to this side.")
 @click.option("--weights", help="Fine-tune from pretrained weights: a local .pth/.safetensors/pocketcnn checkpoint, "
@@ -173,7 +175,7 @@ def train(ctx: click.Context, **params) -> None:
     explicit --out that holds one is refused unless --force (or --resume to continue it).
     """
     from ..artifacts.checkpoint import load_checkpoint
-    from ..plots import learning_curves
+    from ..workflows.plots import learning_curves
     from ..train.engine import existing_run, fit, refuse_earlier_run
 
     given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
@@ -187,14 +189,13 @@ def train(ctx: click.Context, **params) -> None:
             click.echo(f"{earlier} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR --force to "
                        "replace a run)", err=True)
         refuse_earlier_run(cfg.out_dir)  # before anything is printed: a refusal is one line
-    if saved is None and cfg.train_samples:  # a short run: steps, not images, and no augmentation
-        tuned = cfg.for_run_length(cfg.train_samples, fixed={*given, *file_cfg})
-        if tuned != cfg and os.environ.get("RANK", "0") == "0":
-            changed = [f.name for f in dataclasses.fields(cfg) if getattr(tuned, f.name) != getattr(cfg, f.name)]
-            click.echo(f"a short run ({cfg.train_samples:,} images x {cfg.epochs} epoch(s)): " + ", ".join(
-                f"{f}={getattr(tuned, f)!r} instead of {getattr(cfg, f)!r}" for f in changed)
-                + " (pass the flag to choose)", err=True)
-        cfg = tuned
+    if saved is None:  # the short-run rule (a resumed run keeps the decision it recorded)
+        from ..train.data_prep import train_image_count
+
+        run = cfg.decide_run_length(train_image_count(cfg), fixed={*given, *file_cfg})
+        if os.environ.get("RANK", "0") == "0" and (run.changed or not params["quiet"]):
+            click.echo(f"train: {run.note()}", err=True)
+        cfg = run.config
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         _launch(ctx, params["nproc"], params["max_restarts"], out=cfg.out)
         return

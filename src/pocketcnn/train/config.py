@@ -14,6 +14,7 @@ SCHEDULES = ("cosine", "step", "constant")
 AUGMENTS = ("crop", "flip", "erase")
 DEVICES = ("auto", "cpu", "cuda")
 FREEZE = ("none", "features")
+SHORT_RUN = ("auto", "on", "off")  # TrainConfig.short_run: the rule decides, always short, never short
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class TrainConfig:
     freeze: str = "none"  # "features": only the classifier trains (a linear probe)
     lr_features: float = 1.0  # the pretrained body's learning rate, as a multiple of lr
     val_split: float | None = None  # hold out this class-balanced share of the training images as the test split
+    # the short-run changes (decide_run_length): "auto" decides from the run's length; a decided run
+    # records "on" or "off" (config.json, checkpoints)
+    short_run: str = "auto"
 
     def __post_init__(self) -> None:
         from ..models.registry import model_config  # imports PyTorch: kept out of `--help`
@@ -95,6 +99,7 @@ class TrainConfig:
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), received ema_decay={self.ema_decay!r}")
         _choice("freeze", self.freeze, FREEZE)
+        _choice("short_run", self.short_run, SHORT_RUN)
         if not (isinstance(self.lr_features, (int, float)) and self.lr_features >= 0):
             raise ConfigError(f"lr_features must be a number >= 0, received lr_features={self.lr_features!r}")
         if self.val_split is not None and not (isinstance(self.val_split, (int, float)) and 0 < self.val_split < 1):
@@ -127,23 +132,45 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
+    def steps(self, train_images: int) -> int:
+        """Optimizer steps of a run over ``train_images`` images per epoch at this batch size."""
+        return self.epochs * (train_images // self.batch_size)
+
+    def is_short(self, train_images: int) -> bool:
+        """The short-run rule (``short_run="auto"``): fewer than :data:`MIN_STEPS` optimizer steps, or each
+        image seen at most :data:`SHORT_RUN_EPOCHS` times. ``"on"`` / ``"off"`` override it."""
+        if self.short_run != "auto":
+            return self.short_run == "on"
+        return self.steps(train_images) < MIN_STEPS or self.epochs <= SHORT_RUN_EPOCHS
+
     def for_run_length(self, train_images: int, fixed: Collection[str] = ()) -> TrainConfig:
-        """This config fitted to a short run over ``train_images`` images, except the ``fixed`` fields (the
-        ones a user set): a smaller batch until the run has :data:`MIN_STEPS` steps
-        (:meth:`batch_for_steps`), and no augmentation when each image is seen at most
-        :data:`SHORT_RUN_EPOCHS` times, since such a run cannot over-fit, and the model's
-        ``short_recipe`` (:class:`~pocketcnn.models.registry.ModelConfig`). Measured on squeezenet1_1,
-        5,000 images, 1 epoch, batch 32: 64.7% with crop and flip, 65.8% with flip only, 70.5% without."""
+        """This config fitted to its run over ``train_images`` images per epoch, except the ``fixed`` fields
+        (the ones a user set), when the run is short (:meth:`is_short`): a smaller batch until the run has
+        :data:`MIN_STEPS` steps (:meth:`batch_for_steps`); and when each image is seen at most
+        :data:`SHORT_RUN_EPOCHS` times (or ``short_run="on"``), no augmentation, since such a run cannot
+        over-fit, and the model's ``short_recipe`` (:class:`~pocketcnn.models.registry.ModelConfig`). The
+        measurements behind it are in docs/training.md ("Short runs learn")."""
+        if not self.is_short(train_images):
+            return self
         changes: dict[str, Any] = {}
         if "batch_size" not in fixed:
             changes["batch_size"] = self.batch_for_steps(train_images)
-        if self.epochs <= SHORT_RUN_EPOCHS:
+        if self.epochs <= SHORT_RUN_EPOCHS or self.short_run == "on":
             if "augment" not in fixed:
                 changes["augment"] = ()
             from ..models.registry import model_config  # imports PyTorch: kept out of `--help`
             short = model_config(self.model).short_recipe  # e.g. AlexNet's higher peak learning rate
             changes.update({k: v for k, v in short.items() if k not in fixed})
         return self.replace(**changes)
+
+    def decide_run_length(self, train_images: int, fixed: Collection[str] = ()) -> RunLength:
+        """The short-run rule applied (:meth:`for_run_length`), the decision recorded in ``short_run``
+        ("on" or "off"), and a one-line account of it."""
+        short = self.is_short(train_images)
+        tuned = self.for_run_length(train_images, fixed).replace(short_run="on" if short else "off")
+        changed = tuple((f.name, getattr(self, f.name), getattr(tuned, f.name)) for f in fields(self)
+                        if f.name != "short_run" and getattr(tuned, f.name) != getattr(self, f.name))
+        return RunLength(tuned, short, self.short_run, train_images, self.steps(train_images), changed)
 
     def batch_for_steps(self, train_images: int) -> int:
         """The batch size for a run over ``train_images`` images: ``batch_size`` halved (never below
@@ -160,6 +187,31 @@ def batch_for_steps(batch_size: int, epochs: int, train_images: int) -> int:
     while bs // 2 >= MIN_BATCH and epochs * (train_images // bs) < MIN_STEPS:
         bs //= 2
     return bs
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """The short-run decision for one run (:meth:`TrainConfig.decide_run_length`)."""
+
+    config: TrainConfig  # what to train with; its short_run is "on" or "off"
+    short: bool
+    mode: str  # the short_run asked for: auto, on or off
+    train_images: int  # per epoch
+    steps: int  # optimizer steps at the batch size asked for
+    changed: tuple[tuple[str, Any, Any], ...]  # (field, asked for, trained with)
+
+    def note(self) -> str:
+        """One line: the rule's verdict, why, and what it changed."""
+        cfg = self.config
+        why = (f"{self.train_images:,} images x {cfg.epochs} epoch(s), {self.steps:,} optimizer steps at batch "
+               f"{dict((f, a) for f, a, _ in self.changed).get('batch_size', cfg.batch_size)}")
+        head = f"{'a short run' if self.short else 'not a short run'} ({why}; --short-run {self.mode})"
+        if not self.short:
+            return head + ": the settings as given"
+        if not self.changed:
+            return head + ": nothing to change (the flags set what it would change)"
+        return head + ": " + ", ".join(f"{f}={new!r} instead of {old!r}" for f, old, new in self.changed) + \
+            " (pass the flag to choose, or --short-run off)"
 
 
 SHORT_RUN_EPOCHS = 2  # runs of at most this many epochs train without augmentation (for_run_length)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..analysis import profile
+from ..models.analysis import profile
 from ..artifacts.checkpoint import model_from_checkpoint
 from ..bench.cpu import cpu_info
 from ..bench.timing import matmul_peak_gflops, measure
@@ -180,7 +180,7 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
              log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Train, rank and measure ``models``, then run the compression and deployment chain on the
     SqueezeNet among them (``chain``); returns the leaderboard dict (also written to ``out``)."""
-    from .. import plots
+    from . import plots
     from .chain import paper_chain, squeezenet_of
 
     if budget_minutes <= 0:
