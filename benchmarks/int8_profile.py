@@ -28,7 +28,7 @@ import torch
 from pocketcnn.compress.quantize import quantize_onnx
 from pocketcnn.workflows.quantize import speeds
 from pocketcnn.export.onnx import export_onnx
-from pocketcnn.optimize import fold_batchnorm
+from pocketcnn.export.optimize import fold_batchnorm
 from pocketcnn.runtime.onnx import ort_session
 from pocketcnn.models.registry import create_model
 

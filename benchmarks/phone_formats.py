@@ -48,7 +48,7 @@ from pocketcnn.export.onnx import export_onnx
 from pocketcnn.export.tflite import export_tflite
 from pocketcnn.export.torch_formats import export_pte
 from pocketcnn.models.registry import create_model
-from pocketcnn.optimize import fold_batchnorm
+from pocketcnn.export.optimize import fold_batchnorm
 from pocketcnn.runtime.litert import LiteRtRunner
 from pocketcnn.runtime.onnx import OnnxRunner
 from pocketcnn.runtime.torch_runners import ExecuTorchRunner

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pocketcnn import create_model, profile
-from pocketcnn.analysis import layer_type
+from pocketcnn.models.analysis import layer_type
 from pocketcnn.errors import ConfigError
 
 # model -> mult-adds at 3x224x224 (millions), within 0.5%

@@ -16,10 +16,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pocketcnn"
 # unit (first path component under pocketcnn/, without .py) -> layer
 LAYERS = {
     "errors": 0, "fileio": 0, "lazy": 0, "validate": 0,
-    "models": 1, "data": 1, "analysis": 1, "int8": 1,
+    "models": 1, "data": 1,
     "artifacts": 2,
     "train": 3, "compress": 3, "export": 3, "runtime": 3,
-    "workflows": 4, "bench": 4, "optimize": 4, "serve": 4, "plots": 4,
+    "workflows": 4, "bench": 4, "serve": 4,
     "cli": 5, "__main__": 5, "__init__": 5,
 }
 # modules that must import neither torch nor torchvision at module level (the light install runs them)

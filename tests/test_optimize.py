@@ -1,4 +1,4 @@
-"""pocketcnn.optimize: same outputs as the original for every registered model, no batch norm left."""
+"""pocketcnn.export.optimize: same outputs as the original for every registered model, no batch norm left."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 
 import pocketcnn
 from pocketcnn.errors import ConfigError
-from pocketcnn.optimize import OnnxRuntimeModule, fold_batchnorm, optimize
+from pocketcnn.export.optimize import OnnxRuntimeModule, fold_batchnorm, optimize
 
 SIZE = (3, 64, 64)
 

@@ -149,7 +149,7 @@ def test_fp32_models_run_on_the_fastest_runtime_by_default(files):
 
 
 def test_auto_falls_back_to_eager_without_onnxruntime(files, monkeypatch):
-    import pocketcnn.optimize as O
+    import pocketcnn.export.optimize as O
 
     monkeypatch.setattr(O, "_onnxruntime_available", lambda: False)
     assert load_predictor(files["ckpt"]).runtime == "torch"

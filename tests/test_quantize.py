@@ -13,7 +13,7 @@ import pocketcnn
 from pocketcnn.artifacts.metadata import read_onnx_metadata
 from pocketcnn.compress.quantize import qat_torch, quantize_onnx, quantize_torch, state_dict_bytes
 from pocketcnn.export.onnx import export_onnx
-from pocketcnn.int8 import rebuild_fx_int8
+from pocketcnn.models.int8 import rebuild_fx_int8
 from pocketcnn.runtime.onnx import OnnxRunner
 from pocketcnn.errors import ConfigError, DataError, ExportError
 from pocketcnn.artifacts.checkpoint import save_checkpoint

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "create_model": "models.registry", "list_models": "models.registry", "model_config": "models.registry",
-    "profile": "analysis", "Profile": "analysis",
+    "profile": "models.analysis", "Profile": "models.analysis",
     "load_weights": "models.weights",
     "load_predictor": "workflows.predict",
     "PocketCNNError": "errors",

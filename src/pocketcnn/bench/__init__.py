@@ -6,7 +6,7 @@
 * :mod:`~pocketcnn.bench.run`: :func:`run_benchmark` over models x runtimes x batch sizes,
   with torchvision's implementations as references measured in the same run.
 
-The bar chart is :func:`pocketcnn.plots.bench_chart`.
+The bar chart is :func:`pocketcnn.workflows.plots.bench_chart`.
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def run_benchmark(config: BenchConfig, *, progress: ProgressFn | None = None) ->
     a ``PocketCNNError`` (a user error, e.g. an INT8 runtime asked for in a build without
     :mod:`pocketcnn.compress.quantize`) propagates.
     """
-    from ..analysis import profile
+    from ..models.analysis import profile
     from ..models.registry import create_model, model_config
 
     peak = matmul_peak_gflops(config.threads, n=2048 if config.quick else 4096, min_time=0.2 if config.quick else 1.0)

@@ -5,11 +5,11 @@ Runtimes (``RUNTIMES``), each taking the same ``(N, C, H, W)`` float32 batch:
 - ``eager``: the model as built, in ``torch.inference_mode``;
 - ``channels_last``: the same with weights (and so activations) in NHWC;
 - ``compiled``: ``torch.compile`` (Inductor); compiled during the warm-up;
-- ``optimized``: :func:`pocketcnn.optimize.optimize` with ``backend="auto"``, pocketcnn's fastest
+- ``optimized``: :func:`pocketcnn.export.optimize.optimize` with ``backend="auto"``, pocketcnn's fastest
   fp32 path for the device. On CPU that is ONNX Runtime on the BN-folded graph, with a
   batch split across one single-thread session per thread (batch 1 runs in one session
   with all threads, exactly like ``onnxruntime``); the record's ``note`` says so;
-- ``optimized-torch``: :func:`pocketcnn.optimize.optimize` in PyTorch (BN folded, channels-last,
+- ``optimized-torch``: :func:`pocketcnn.export.optimize.optimize` in PyTorch (BN folded, channels-last,
   ``torch.jit.freeze``);
 - ``onnxruntime``: the BN-folded model exported to ONNX, one ONNX Runtime session with
   the same recipe as the reference (all graph optimizations, ``threads`` intra-op threads);
@@ -43,8 +43,8 @@ RUNTIMES: dict[str, str] = {
     "eager": "PyTorch eager, NCHW",
     "channels_last": "PyTorch eager, channels-last weights and activations",
     "compiled": "torch.compile (Inductor)",
-    "optimized": "pocketcnn.optimize(backend='auto'): the fastest fp32 path for the device",
-    "optimized-torch": "pocketcnn.optimize in PyTorch: BN folded, channels-last, jit.freeze",
+    "optimized": "pocketcnn.export.optimize(backend='auto'): the fastest fp32 path for the device",
+    "optimized-torch": "pocketcnn.export.optimize in PyTorch: BN folded, channels-last, jit.freeze",
     "onnxruntime": "ONNX Runtime on the BN-folded export, one session",
     "onnxruntime-int8": "ONNX Runtime, INT8 model from pocketcnn.compress.quantize",
     "torch-int8": "PyTorch INT8 model from pocketcnn.compress.quantize",
@@ -115,7 +115,7 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
     :mod:`pocketcnn.compress.quantize` is missing.
     """
     from ..export.onnx import export_onnx
-    from ..optimize import OnnxRuntimeModule, fold_batchnorm, optimize
+    from ..export.optimize import OnnxRuntimeModule, fold_batchnorm, optimize
 
     workdir = Path(workdir)
     model = model.eval()

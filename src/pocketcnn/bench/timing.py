@@ -320,14 +320,14 @@ def measure(
     (then ``gflops`` and ``peak_fraction`` are ``None``). ``peak_gflops`` defaults to
     :func:`matmul_peak_gflops` in the same threads. See :class:`BenchResult` for the fields.
     """
-    from ..optimize import OnnxRuntimeModule
+    from ..export.optimize import OnnxRuntimeModule
 
     size, threads = _check_timing(batch_size, input_size, threads, warmup, min_time, repeats)
     fn = model_or_callable
     if isinstance(fn, nn.Module):
         fn.eval()
         if macs is None and not isinstance(fn, (torch.jit.ScriptModule, OnnxRuntimeModule)):
-            from ..analysis import profile
+            from ..models.analysis import profile
 
             macs = profile(fn, size).macs  # type: ignore[arg-type]
     elif not callable(fn):

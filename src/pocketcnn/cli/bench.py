@@ -46,7 +46,7 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
     in the same run (vs_torchvision_eager, vs_torchvision_onnxruntime).
     """
     from ..bench import BenchConfig, default_runtimes, run_benchmark
-    from ..plots import bench_chart
+    from ..workflows.plots import bench_chart
 
     config = BenchConfig(models=tuple(names), runtimes=runtimes if runtimes is not None else default_runtimes(),
                          batch_sizes=batch_sizes, threads=threads, input_size=input_size, reference=reference,

@@ -31,7 +31,7 @@ def evaluate(checkpoint, data, data_dir, split, test_samples, batch_size, no_ema
     import torch
 
     from ..errors import ConfigError
-    from ..plots import confusion_matrix
+    from ..workflows.plots import confusion_matrix
     from ..artifacts.checkpoint import is_int8, load_checkpoint, model_from_checkpoint
     from ..fileio import atomic_write_text
     from ..train.engine import evaluate as run_eval

@@ -9,7 +9,7 @@ from .common import ModelName, echo_json, human, out_console
 
 def _profile(name: str, input_size: int | None, in_chans: int = 3, num_classes: int = 1000, **kwargs):
     """Build ``name`` (PyTorch, imported here so that --help needs none) and count its layers."""
-    from ..analysis import profile
+    from ..models.analysis import profile
     from ..models.registry import create_model, model_config
 
     info = model_config(name)
@@ -70,7 +70,7 @@ def inspect(name, width, input_size, in_chans, num_classes, small_input, as_json
         table.add_row(r.name, r.type, "x".join(map(str, r.out_shape)), f"{r.params:,}", f"{r.macs:,}",
                       f"{r.act_bytes / 1024:.0f}")
     out_console.print(table)
-    from ..analysis import LAYER_TYPES
+    from ..models.analysis import LAYER_TYPES
 
     shares = Table("type", "params", "params %", "mult-adds", "mult-adds %", title="share by layer type")
     for t in LAYER_TYPES:

@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import ConfigError, DataError, ExportError, first_line
 from ..validate import check_int
 from ..fileio import atomic_write
-from ..int8 import fx_convert, fx_prepare
+from ..models.int8 import fx_convert, fx_prepare
 from .options import ACTIVATION_TYPE, ACTIVATION_TYPES, BACKENDS, TORCH_METHODS  # noqa: F401 (re-exported)
 
 

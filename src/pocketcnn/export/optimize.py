@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import ConfigError
-from .validate import check_int
-from .runtime.onnx import ort_session
+from ..errors import ConfigError
+from ..validate import check_int
+from ..runtime.onnx import ort_session
 
 __all__ = ["optimize", "fold_batchnorm", "example_batch", "OnnxRuntimeModule", "BACKENDS"]
 
@@ -80,7 +80,7 @@ def example_batch(model: nn.Module, example_input: torch.Tensor | Sequence[int] 
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         chans = first_conv.in_channels if first_conv is not None else 3
         side = 224
-        from .models.registry import build_of
+        from ..models.registry import build_of
 
         build = build_of(model)
         if build is not None:
@@ -165,7 +165,7 @@ def _onnxruntime_available() -> bool:
 
 
 def _to_onnxruntime(model: nn.Module, example: torch.Tensor, threads: int | None, shards: int | None) -> nn.Module:
-    from .export.onnx import export_onnx
+    from ..export.onnx import export_onnx
 
     threads = _check_threads(threads)
     shards = threads if shards is None else shards

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .errors import ConfigError, first_line
+from ..errors import ConfigError, first_line
 
 LAYER_TYPES = ("conv1x1", "conv_dw", "conv_full", "linear", "other")
 
@@ -123,7 +123,7 @@ def profile(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), 
         m = sum(r.macs for r in rows if r.type == t)
         by_type[t] = TypeShare(p, m, 100.0 * p / max(total_params, 1), 100.0 * m / max(total_macs, 1))
     size_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
-    from .models.registry import build_of
+    from .registry import build_of
 
     build = build_of(model)
     model_name = name or (build.name if build else type(model).__name__)

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import ExportError
+from ..errors import ExportError
 
 
 def quantized_engine() -> str:

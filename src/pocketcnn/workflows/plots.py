@@ -5,8 +5,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .fileio import atomic_write
+from ..errors import ConfigError
+from ..fileio import atomic_write
 
 
 def _plt():
@@ -80,7 +80,7 @@ def pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "")
 
 def bench_chart(results: Sequence[Any], path: str | Path) -> Path:
     """Bar chart of images/s per runtime, grouped by model, one panel per batch size (PNG)."""
-    from .bench.runtimes import REFERENCE_RUNTIMES
+    from ..bench.runtimes import REFERENCE_RUNTIMES
 
     plt = _plt()
     if not results:

@@ -7,7 +7,7 @@ size, channels, mean, std) and class names come from the file itself.
 
 A model held as PyTorch weights (an fp32 checkpoint, a ``.pcz`` file, a name with ImageNet
 weights) runs by default (``runtime="auto"``) on the fastest path measured on CPU: its
-BN-folded graph in ONNX Runtime (:func:`pocketcnn.optimize.optimize` with ``backend="auto"``;
+BN-folded graph in ONNX Runtime (:func:`pocketcnn.export.optimize.optimize` with ``backend="auto"``;
 1.3-2.2x the best PyTorch path for every model of the zoo, see ``docs/speed.md``). Outputs
 equal PyTorch eager's within float rounding; ``runtime="torch"`` keeps eager PyTorch.
 
@@ -95,7 +95,7 @@ def fp32_runner(model: Any, data: DataSpec, runtime: str = "auto", threads: int 
     """The runner for an fp32 PyTorch model: eager (``"torch"``), or its BN-folded graph in
     ONNX Runtime (``"onnxruntime"``; ``"auto"`` when ONNX Runtime is installed and the model
     exports, else eager)."""
-    from ..optimize import OnnxRuntimeModule, optimize
+    from ..export.optimize import OnnxRuntimeModule, optimize
     from ..runtime.torch_runners import TorchRunner
 
     _check_runtime(runtime)
