@@ -4,8 +4,9 @@
 
 An abort is a run whose pytest process ends by SIGABRT (return code -6 or 134) or whose output
 shows one: "terminate called" (C++ std::terminate, the message of a gloo thread still running at
-interpreter exit), "SIGABRT", or a worker that "exited with code -6" / "exitcode: -6" (what
-``pocketcnn train --nproc`` and torchrun report for an aborted rank). Each run's line says how
+interpreter exit), "(SIGABRT)" as torchrun names the signal, "Fatal Python error: Aborted", or a
+worker that "exited with code -6" / "exitcode: -6" (what ``pocketcnn train --nproc`` and torchrun
+report for an aborted rank). ``--log-dir`` keeps each failed run's output. Each run's line says how
 long it took, pytest's summary and whether it aborted; the last line counts the aborts. A run
 that fails without an abort is counted apart (a failure is not an abort, and neither is hidden).
 """
@@ -22,7 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = "tests/test_distributed.py"
-ABORT = re.compile(r"terminate called|SIGABRT|exited with code -6|exitcode\s*:\s*-6|Aborted \(core dumped\)")
+# what an abort prints (never the word alone: a failing test's source, printed by pytest, may name it)
+ABORT = re.compile(r"terminate called|\(SIGABRT\)|Signals\.SIGABRT|exited with code -6|exitcode\s*:\s*-6|"
+                   r"Aborted \(core dumped\)|Fatal Python error: Aborted")
 ABORT_CODES = (-6, 134)
 
 

@@ -137,7 +137,7 @@ print(json.dumps({"rank": int(os.environ["RANK"]), how: dist.is_initialized()}),
 @pytest.mark.parametrize("how, raised", [("end", ""), ("error", " (ConfigError)"), ("sigterm", " (Interrupted)")])
 def test_every_exit_destroys_the_process_group(tiny_data, tmp_path, how, raised):
     """A normal end, a refused config and SIGTERM in a 2-process gloo group made by fit(): none leaves the
-    group alive (a gloo group alive at exit is the usual cause of SIGABRT at exit). One launch each: a group
+    group alive (a gloo group alive at exit is the usual cause of an abort at exit). One launch each: a group
     made again in the same processes would read the launcher's store keys of the first one."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
