@@ -264,6 +264,7 @@ def test_serve_page_server_and_device_modes_match_predict(page, serve_url, image
     open_page(page, serve_url)
     assert page.evaluate("crossOriginIsolated") is True
     assert page.evaluate("pocketcnn.state.mode") == "server"
+    assert not page.is_visible("#runtimes")  # the device's runtime choice shows in device mode only
     model_line = page.inner_text("#model")
     assert "squeezenet1_1" in model_line and "parameters" in model_line and "MB" in model_line
 
@@ -278,6 +279,7 @@ def test_serve_page_server_and_device_modes_match_predict(page, serve_url, image
     assert threads == min(4, page.evaluate("navigator.hardwareConcurrency")) and threads >= 1
     assert page.evaluate("pocketcnn.state.device.info.name") == "squeezenet1_1"
     assert page.evaluate("pocketcnn.state.runtime") == "litert"  # the faster runtime is the default
+    assert page.is_visible("#runtimes")
     cards = upload_and_read(page, images)
     check_against_predict(cards, images, expected_tflite, "device")
     assert "LiteRT.js" in cards[images[0].name]["meta"] and "WebAssembly" in cards[images[0].name]["meta"]
