@@ -50,7 +50,7 @@ PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_0-9]*\b(?!=)|\.\.\.|[|\[<]")
 
 # Flags appended to each `pocketcnn SUBCOMMAND` (also under torchrun) so that it takes seconds, not minutes.
 APPEND = {
-    "train": "--epochs 1 --train-samples 256 --test-samples 256",
+    "train": "--epochs 1 --train-samples 256",  # the test split stays whole: a 10% hold-out of photos/ is 30
     "eval": "--test-samples 256",
     "quantize": "--calib-samples 64 --test-samples 256",
     "compress": "--prune-steps 1 --probe-samples 0 --finetune-epochs 0 --test-samples 256",
@@ -221,8 +221,9 @@ class Server:
         return f"no answer on 127.0.0.1:{self.port}/healthz in {timeout:.0f} s"
 
     def stop(self) -> str | None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc.poll() is not None:
+            return None  # it never answered: ready() said why
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             _, err = self.proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:

@@ -1,12 +1,9 @@
 """``pocketcnn compress``: Deep Compression of a trained checkpoint into a ``.pcz`` file."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.table import Table
 
-from ..artifacts.formats import BY_NAME
 from .common import RichProgress, echo_json, err_console, out_console
 
 
@@ -38,59 +35,18 @@ from .common import RichProgress, echo_json, err_console, out_console
 def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, bits_fc, finetune_epochs, lr,
              data_dir, train_samples, test_samples, out, as_json, quiet) -> None:
     """Prune, share weights (k-means) and Huffman-code CHECKPOINT, reporting size and accuracy per stage."""
-    from ..compress.pipeline import deep_compress
-    from ..data import DataSpec, balanced_subset, load_dataset
-    from ..errors import CheckpointError
-    from ..fileio import check_output
-    from ..artifacts.checkpoint import load_checkpoint, model_from_checkpoint
-    from ..train.config import TrainConfig
-    from ..train.engine import evaluate, fit
+    from ..workflows.compress import CompressSettings, compress_checkpoint
 
-    path = check_output(Path(out) if out else Path(checkpoint).with_suffix(BY_NAME["pcz"].suffix), inputs=[checkpoint],
-                        suffixes=list(BY_NAME["pcz"].suffixes), what=".pcz file")  # before minutes of work, not after
-    ckpt = load_checkpoint(checkpoint)
-    if not ckpt.get("data") or not ckpt.get("config"):
-        raise CheckpointError(f"{checkpoint}: no data description or training config in the checkpoint")
-    spec = DataSpec.from_dict(ckpt["data"])
-    base = TrainConfig.from_dict(ckpt["config"])
-    data_dir = data_dir or base.data_dir
-    test = balanced_subset(load_dataset(base.data, "test", data_dir), test_samples, seed=0)
-    model = model_from_checkpoint(ckpt, source=str(checkpoint))
-    ft_cfg = base.replace(epochs=finetune_epochs or 1, lr=lr or base.lr, warmup_epochs=0.0, ema=False,
-                          data_dir=data_dir, train_samples=train_samples or base.train_samples,
-                          test_samples=min(test_samples or 1000, 1000))
-
-    def finetune(m, after_step) -> None:
-        fit(ft_cfg, RichProgress(not quiet and err_console.is_terminal), model=m, after_step=after_step, save=False)
-
-    def accuracy(m, data=test) -> float:
-        return evaluate(m, data, spec, batch_size=512, device=next(m.parameters()).device).top1
-
-    probe = None
-    if probe_samples:  # training images: choosing per-layer sparsities on the test split would tune on it
-        probe_set = balanced_subset(load_dataset(base.data, "train", data_dir), probe_samples, seed=7)
-        probe = lambda m: accuracy(m, probe_set)  # noqa: E731
-
-    if not quiet:
-        err_console.print(f"compressing {ckpt['model']}: sparsity {sparsity} in {prune_steps} round(s), "
-                          f"{bits}-bit codebooks, {finetune_epochs} fine-tuning epoch(s) per round and stage")
-    result = deep_compress(model.cpu(), sparsity=sparsity, prune_steps=prune_steps, bits=bits, bits_fc=bits_fc,
-                           finetune=finetune if finetune_epochs else None, evaluate=accuracy,
-                           probe=probe, tolerance=tolerance, chance=100.0 / spec.num_classes,
-                           log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
-    result.save(path, name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], metadata={"data": spec.to_dict()})
-    file_bytes = path.stat().st_size
-    report = {"checkpoint": str(checkpoint), "model": ckpt["model"], "file": str(path), "file_bytes": file_bytes,
-              "params": result.n_params, "bits_per_param": 8 * file_bytes / result.n_params,
-              "sparsity": result.sparsity, "bits": bits, "bits_fc": bits_fc or bits,
-              "prune_steps": prune_steps, "finetune_epochs": finetune_epochs, "test_images": len(test),
-              "stages": [s.__dict__ for s in result.stages],
-              "prune_rounds": [r.__dict__ for r in result.prune_rounds],
-              "probe_samples": probe_samples, "tolerance": tolerance, "layer_sparsity": result.layer_sparsity}
+    settings = CompressSettings(sparsity=sparsity, prune_steps=prune_steps, probe_samples=probe_samples,
+                                tolerance=tolerance, bits=bits, bits_fc=bits_fc, finetune_epochs=finetune_epochs,
+                                finetune_samples=train_samples, lr=lr, data_dir=data_dir, test_samples=test_samples)
+    done = compress_checkpoint(checkpoint, out, settings, callbacks=RichProgress(not quiet and err_console.is_terminal),
+                               log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
+    report, result, path = done.to_dict(), done.result, done.file
     if as_json:
         echo_json(report)
         return
-    table = Table("stage", "bytes", "x smaller", "bits/param", "top-1 %", title=f"Deep Compression of {ckpt['model']}")
+    table = Table("stage", "bytes", "x smaller", "bits/param", "top-1 %", title=f"Deep Compression of {done.model}")
     for s in result.stages:
         table.add_row(s.name, f"{s.nbytes:,}" if s.nbytes else "-", f"{s.ratio:.1f}" if s.ratio else "-",
                       f"{s.bits_per_param:.2f}" if s.bits_per_param else "-",
@@ -100,7 +56,7 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
         click.echo("pruning rounds: " + ", ".join(
             f"{100 * r.sparsity:.0f}% pruned -> {_pct(r.accuracy_before_finetune)} -> {_pct(r.accuracy)}"
             for r in result.prune_rounds) + " (top-1 after pruning -> after fine-tuning)")
-    click.echo(f"wrote {path}: {file_bytes:,} bytes, {report['bits_per_param']:.2f} bits per parameter")
+    click.echo(f"wrote {path}: {done.file_bytes:,} bytes, {done.bits_per_param:.2f} bits per parameter")
 
 
 def _pct(value: float | None) -> str:

@@ -21,9 +21,9 @@ import torch
 from ..artifacts.formats import BY_NAME
 from ..artifacts.source import load_model_source
 from ..compress.quantize import state_dict_bytes
-from ..data import DataSpec, balanced_subset, load_dataset
+from ..data import DataSpec
 from ..train.config import TrainConfig
-from ..train.engine import evaluate, fit
+from ..train.engine import evaluate
 
 SQUEEZENETS = ("squeezenet1_1", "squeezenet1_0")
 SPARSITY, BITS, PRUNE_STEPS = 0.67, 6, 3  # the paper's "33% of the weights kept, 6-bit" setting
@@ -53,31 +53,21 @@ def paper_chain(ckpt: Path, out: Path, test: Any, spec: DataSpec, seconds: float
     """Run the chain on the checkpoint ``ckpt`` (whose model scored ``dense_top1`` on ``test``) within about
     ``seconds``; ``baseline``: AlexNet's checkpoint and top-1. Returns the stages (bytes, x smaller than
     AlexNet, top-1) and the sample predictions. Dense sizes are ``torch.save(state_dict)`` bytes (fp32)."""
-    from ..compress.pipeline import deep_compress
     from ..data.transforms import load_images
+    from .compress import CompressSettings, compress_checkpoint
     from .quantize import Images, quantize_onnxruntime
 
     t0 = time.perf_counter()
     source = load_model_source(ckpt)
     base = TrainConfig.from_dict(source_config(ckpt))
     n_ft = finetune_samples(base, train_images_per_s, seconds)
-    ft_cfg = base.replace(epochs=1, warmup_epochs=0.0, ema=False, train_samples=n_ft, test_samples=None, out=None)
-    ft_cfg = ft_cfg.for_run_length(n_ft)
-    probe_n = min(PROBE_SAMPLES, max(200, n_ft // 4))  # held-out training images scoring each layer alone
-    probe_set = balanced_subset(load_dataset("fashion-mnist", "train", data_dir), probe_n, seed=7)
-
-    def probe(m: torch.nn.Module) -> float:
-        return evaluate(m, probe_set, spec, batch_size=512).top1
-
-    def finetune(m: torch.nn.Module, after_step: Callable[[], None]) -> None:
-        fit(ft_cfg, model=m, after_step=after_step, save=False)
-
+    settings = CompressSettings(sparsity=SPARSITY, prune_steps=PRUNE_STEPS, bits=BITS, finetune_epochs=1,
+                                finetune_samples=n_ft, probe_samples=min(PROBE_SAMPLES, max(200, n_ft // 4)),
+                                data_dir=data_dir, test_samples=0, short_run=True)
     log(f"Deep Compression of {source.name}: {SPARSITY:.0%} pruned in {PRUNE_STEPS} rounds, {BITS}-bit codebooks, "
         f"1 fine-tuning epoch of {n_ft:,} images per round")
-    result = deep_compress(source.model.cpu(), sparsity=SPARSITY, prune_steps=PRUNE_STEPS, bits=BITS,
-                           finetune=finetune, probe=probe, chance=100.0 / spec.num_classes, log=lambda msg: log(f"compress: {msg}"))
     pcz_path = out / f"{source.name}{BY_NAME['pcz'].suffix}"
-    result.save(pcz_path, metadata={"data": spec.to_dict()})
+    result = compress_checkpoint(ckpt, pcz_path, settings, log=lambda msg: log(f"compress: {msg}")).result
     pcz_top1 = evaluate(load_model_source(pcz_path).model, test, spec, batch_size=512).top1
     log(f"{pcz_path}: {pcz_path.stat().st_size:,} bytes, top-1 {pcz_top1:.2f}%")
 
