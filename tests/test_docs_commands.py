@@ -18,7 +18,8 @@ with a sub-folder per class), a trained run at ``runs/demo/squeezenet1_1/`` with
 A line passes when it exits 0 with no traceback and prints something; a ``--json`` line (and a
 ``curl`` answer) must be strict JSON, and a ``curl`` answer must not be an error object. A
 ``pocketcnn serve`` line is started in the background and must answer ``/healthz``; the ``curl``
-lines after it in the same block talk to it; at the end of the block it gets SIGTERM and must exit 0.
+lines after it talk to it; at the next ``serve`` line or the end of the file it gets SIGTERM and must
+exit 0.
 
 The test may only APPEND flags, from the one table :data:`APPEND` (runs of minutes become runs of
 seconds); it never rewrites a command otherwise. The lines it cannot run are in :data:`EXCLUDED`,
@@ -197,7 +198,7 @@ def workspace(root: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------- running
 class Server:
-    """A `pocketcnn serve` line running in the background until its block ends."""
+    """A `pocketcnn serve` line running in the background until the next one or the end of its file."""
 
     def __init__(self, line: Line, env: dict[str, str], cwd: Path) -> None:
         words = shlex.split(line.text.partition(" # ")[0])
@@ -329,7 +330,8 @@ def test_docs_command_lines_run_as_written(doc, base, tmp_path, capsys):
 
 
 def run_file(lines: list[Line], env: dict[str, str], cwd: Path, failures: list[str]) -> tuple[list[Line], list[float]]:
-    """Run one file's lines in ``cwd``; a server lives until its block ends. Returns the lines run and their seconds."""
+    """Run one file's lines in ``cwd``; a server lives until the next `pocketcnn serve` line or the end of the file (a
+    page may start it in one block and talk to it in the next). Returns the lines run and their seconds."""
     ran, seconds, server = [], [], None
 
     def stop() -> None:
@@ -338,9 +340,6 @@ def run_file(lines: list[Line], env: dict[str, str], cwd: Path, failures: list[s
             failures.append(f"{server.line.where} `{server.line.text}`: {problem}")
 
     for line in lines:
-        if server is not None and line.block != server.line.block:
-            stop()
-            server = None
         if excluded(line):
             continue
         t0 = time.perf_counter()

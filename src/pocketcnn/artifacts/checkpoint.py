@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, PocketCNNError, first_line
+from .formats import format_of
 from ..fileio import atomic_write
 from ..models.registry import create_model
 
@@ -120,7 +121,8 @@ def _kind_hint(path: Path, exc: BaseException) -> str:
                         (b"\x08", "probably an ONNX model: pass it to predict or serve")):
         if head.startswith(magic):
             return f"; this is {kind}"
-    if b"torch.export" in head or path.suffix in (".pt2", ".pte", ".onnx", ".tflite"):
+    fmt = format_of(path)
+    if b"torch.export" in head or (fmt is not None and fmt.kind == "exported"):
         return f"; a {path.suffix} file is an exported model: pass it to predict"
     text = first_line(exc, 120)
     return "" if "weights_only" in text or "Weights only" in text else f" ({text})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -70,16 +71,16 @@ def human(n: float, unit: str = "") -> str:
 class RichProgress:
     """Engine callbacks drawing one rich progress bar per epoch on stderr."""
 
-    def __init__(self, enabled: bool, verbose: bool = False) -> None:
+    def __init__(self, enabled: bool, verbose: bool = False, preface: Sequence[str] = ()) -> None:
         self.enabled = enabled  # progress bars (a terminal)
         self.verbose = verbose or enabled  # the set-up's choices
+        self.preface = tuple(preface)  # lines printed at the start even when quiet (a changed setting)
         self.progress = None
 
     def on_start(self, notes: list[str]) -> None:
         """What the set-up chose (input size, pretrained weights, frozen layers): one line each, unless quiet."""
-        if self.verbose:
-            for note in notes:
-                err_console.print(f"[dim]train:[/dim] {note}", highlight=False)
+        for note in (*self.preface, *(notes if self.verbose else ())):
+            err_console.print(f"[dim]train:[/dim] {note}", highlight=False, soft_wrap=True)
 
     def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if not self.enabled:

@@ -189,12 +189,12 @@ def train(ctx: click.Context, **params) -> None:
             click.echo(f"{earlier} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR --force to "
                        "replace a run)", err=True)
         refuse_earlier_run(cfg.out_dir)  # before anything is printed: a refusal is one line
+    preface = []  # printed once the run is set up: a refusal before that stays one line
     if saved is None:  # the short-run rule (a resumed run keeps the decision it recorded)
         from ..train.data_prep import train_image_count
 
         run = cfg.decide_run_length(train_image_count(cfg), fixed={*given, *file_cfg})
-        if os.environ.get("RANK", "0") == "0" and (run.changed or not params["quiet"]):
-            click.echo(f"train: {run.note()}", err=True)
+        preface = [run.note()] if run.changed or not params["quiet"] else []
         cfg = run.config
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         _launch(ctx, params["nproc"], params["max_restarts"], out=cfg.out)
@@ -207,7 +207,8 @@ def train(ctx: click.Context, **params) -> None:
             "; the run continues under the new settings (a changed schedule changes the learning rate "
             "from the next step on)", err=True)
     show = rank0 and not params["quiet"] and err_console.is_terminal
-    result = fit(cfg, RichProgress(show, verbose=rank0 and not params["quiet"]), resume=params["resume"],
+    result = fit(cfg, RichProgress(show, verbose=rank0 and not params["quiet"], preface=preface if rank0 else ()),
+                 resume=params["resume"],
                  overwrite=params["force"])
     if not rank0:
         return

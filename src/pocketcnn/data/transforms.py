@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,13 +124,14 @@ def pil_to_input(img: Image.Image, spec: DataSpec) -> torch.Tensor:
 
 
 def load_images(name: str, split: str, n: int | None, data: DataSpec, data_dir: str | Path | None = None, *,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` class-balanced images of ``split`` (all with None), normalized with ``data``'s preprocessing
-    (float32 ``(n, C, S, S)``), and their labels: what calibration and scoring use."""
+                seed: int = 0, dataset: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` class-balanced images of ``split`` (all with None), or of ``dataset`` when given, normalized with
+    ``data``'s preprocessing (float32 ``(n, C, S, S)``), and their labels: what calibration and scoring use."""
     from .datasets import balanced_subset, load_dataset
 
     kwargs = {"image_size": data.image_size} if name == "imagefolder" else {}
-    ds = balanced_subset(load_dataset(name, split, data_dir, **kwargs), n, seed=seed)
+    ds = balanced_subset(dataset if dataset is not None else load_dataset(name, split, data_dir, **kwargs), n,
+                         seed=seed)
     if hasattr(ds, "data"):
         x, y = ds.data, torch.as_tensor(ds.targets)
     else:

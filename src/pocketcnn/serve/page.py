@@ -22,16 +22,19 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..artifacts.formats import BY_NAME
 from ..runtime.web import (OFFLINE_PLAN, SERVICE_WORKER, WEB_MANIFEST, find_litert_js, find_ort_web, offline_plan,
                            web_manifest)
 
 NO_STORE = {"cache-control": "no-store"}
 REVALIDATE = {"cache-control": "no-cache"}
 
+TFLITE = BY_NAME["tflite"]
+
 
 def tflite_beside(model_path: str | Path) -> Path | None:
     """``model.tflite`` next to ``model.onnx``, if it is there."""
-    path = Path(model_path).with_suffix(".tflite")
+    path = Path(model_path).with_suffix(TFLITE.suffix)
     return path if path.is_file() else None
 
 
@@ -70,7 +73,7 @@ def page_routes(model_path: str | Path, name: str, static_dir: str | Path | None
     async def tflite_file(request: Request) -> Response:
         path = tflite_beside(model_path)
         if path is None:
-            return JSONResponse({"error": f"no {model_path.with_suffix('.tflite').name} beside {model_path.name}: "
+            return JSONResponse({"error": f"no {model_path.with_suffix(TFLITE.suffix).name} beside {model_path.name}: "
                                           "export one with 'pocketcnn export CKPT --format tflite' for LiteRT.js"},
                                 status_code=404)
         return FileResponse(path, media_type="application/octet-stream")

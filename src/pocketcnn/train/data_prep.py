@@ -62,6 +62,13 @@ def load_data(cfg: TrainConfig) -> tuple[Any, Any, DataSpec]:
     return balanced_subset(train, cfg.train_samples, cfg.seed), balanced_subset(test, cfg.test_samples, cfg.seed), spec
 
 
+def run_splits(config: dict[str, Any], image_size: int, data_dir: str | None = None) -> tuple[Any, Any]:
+    """The whole training and test sets as the run recorded in a checkpoint's ``config`` saw them (its own
+    ``val_split`` hold-out included), at ``image_size``: what compression and INT8 calibrate and score on."""
+    cfg = TrainConfig.from_dict(dict(config)).replace(data_dir=data_dir or config.get("data_dir"))
+    return _splits(cfg, {"image_size": image_size} if cfg.data == "imagefolder" else {})
+
+
 def _splits(cfg: TrainConfig, kw: dict[str, Any]) -> tuple[Any, Any]:
     """The whole training and test sets (``val_split``: a seeded class-balanced share held out of the training images)."""
     if cfg.val_split:

@@ -18,10 +18,11 @@ from typing import Any
 from ..artifacts.checkpoint import load_checkpoint, model_from_checkpoint
 from ..artifacts.formats import BY_NAME
 from ..compress.pipeline import CompressResult, deep_compress
-from ..data import DataSpec, balanced_subset, load_dataset
+from ..data import DataSpec, balanced_subset
 from ..errors import CheckpointError
 from ..fileio import check_output
 from ..train.config import TrainConfig
+from ..train.data_prep import run_splits
 from ..train.engine import Callbacks, evaluate, fit
 
 
@@ -84,9 +85,8 @@ def compress_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
     spec = DataSpec.from_dict(ckpt["data"])
     base = TrainConfig.from_dict(ckpt["config"])
     data_dir = settings.data_dir or base.data_dir
-    test = None
-    if settings.test_samples != 0:
-        test = balanced_subset(load_dataset(base.data, "test", data_dir), settings.test_samples, seed=0)
+    train_set, test_set = run_splits(ckpt["config"], spec.image_size, data_dir)  # val_split hold-out included
+    test = balanced_subset(test_set, settings.test_samples, seed=0) if settings.test_samples != 0 else None
     ft_cfg = _finetune_config(base, settings, data_dir)
     if log is not None:
         log(f"{ckpt['model']}: sparsity {settings.sparsity} in {settings.prune_steps} round(s), {settings.bits}-bit "
@@ -100,7 +100,7 @@ def compress_checkpoint(checkpoint: str | Path, out: str | Path | None = None,
 
     probe = None
     if settings.probe_samples:  # training images: choosing per-layer sparsities on the test split would tune on it
-        probe_set = balanced_subset(load_dataset(base.data, "train", data_dir), settings.probe_samples, seed=7)
+        probe_set = balanced_subset(train_set, settings.probe_samples, seed=7)
         probe = lambda m: accuracy(m, probe_set)  # noqa: E731
     model = model_from_checkpoint(ckpt, source=str(checkpoint))
     result = deep_compress(model.cpu(), sparsity=settings.sparsity, prune_steps=settings.prune_steps,

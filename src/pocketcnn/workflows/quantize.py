@@ -22,6 +22,7 @@ from ..compress.quantize import (ACTIVATION_TYPE, BACKENDS, qat_torch, quantize_
                                  state_dict_bytes)
 from ..data.spec import DATASETS
 from ..data.transforms import load_images
+from ..train.data_prep import run_splits
 from ..errors import ConfigError
 from ..validate import check_int
 from ..fileio import check_output
@@ -138,8 +139,12 @@ def quantize_source(source: ModelSource, *, backend: str = "onnxruntime", calib_
                            what="int8 ONNX file")
     elif out is not None:
         out = check_output(out, inputs=[source.path], suffixes=[BY_NAME["checkpoint"].suffix], what="int8 checkpoint")
-    calib, _ = load_images(name, "train", calib_samples, source.data, data_dir, seed=1)
-    test_x, test_y = load_images(name, "test", test_samples, source.data, data_dir, seed=0)
+    train_ds = test_ds = None
+    config = trained_config(source) if name == source.data.name else {}
+    if config.get("data") == name:  # the run's own images: its data folder and its val_split hold-out
+        train_ds, test_ds = run_splits(config, source.data.image_size, str(data_dir) if data_dir else None)
+    calib, _ = load_images(name, "train", calib_samples, source.data, data_dir, seed=1, dataset=train_ds)
+    test_x, test_y = load_images(name, "test", test_samples, source.data, data_dir, seed=0, dataset=test_ds)
     images = Images(name, calib, test_x, test_y)
     if backend == "onnxruntime":
         return quantize_onnxruntime(source, images, Path(out), per_channel=per_channel,
@@ -197,3 +202,12 @@ def quantize_pytorch(source: ModelSource, images: Images, *, out: Path | None = 
         out = save_int8_checkpoint(out, source.name, source.model_kwargs, source.data.to_dict(), qmodel, method=method)
     return QuantizeReport(source.name, "torch", method, out, True, "quint8", images.name, len(images.calib),
                           len(images.test_x), qat_epochs, fp32, int8)
+
+
+def trained_config(source: ModelSource) -> dict[str, Any]:
+    """The training config a checkpoint recorded (data set, folder, val_split); empty for other sources."""
+    if source.kind != "checkpoint" or source.path is None:
+        return {}
+    from ..artifacts.checkpoint import load_checkpoint
+
+    return dict(load_checkpoint(source.path).get("config") or {})
