@@ -1,4 +1,4 @@
-"""Small file helpers shared by every layer (no torch): atomic writes and output-path checks.
+"""Small file helpers shared by every layer (no torch): atomic writes, output-path checks, file hashes.
 
 Every file pocketcnn writes (checkpoints, results, plots, exported models) goes through
 :func:`atomic_write`: the content is written to a temporary file in the same folder and
@@ -7,6 +7,7 @@ leaves the old file intact.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -41,6 +42,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> hashlib._Hash:
+    """The ``hashlib`` digest (``algorithm``: sha256, sha512, ...) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in blocks: a large model file is never read whole)."""
+    return file_digest(path).hexdigest()
 
 
 def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), suffixes: Iterable[str] = (),

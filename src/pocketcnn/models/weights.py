@@ -6,7 +6,6 @@ by their SHA-256 prefix; nothing is downloaded.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, first_line
+from ..fileio import sha256_file as sha256_of  # the name this module has always offered
 
 if TYPE_CHECKING:
     from .registry import ModelConfig, Weights
@@ -25,14 +25,6 @@ def default_weights_dir() -> Path:
     where torchvision itself keeps the files it downloads."""
     home = os.environ.get("TORCH_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch"
     return Path(home).expanduser() / "hub" / "checkpoints"
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_weights(cfg: ModelConfig, entry: Weights, *, path: str | Path | None = None,

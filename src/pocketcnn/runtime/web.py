@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, MissingDependencyError, OutputError, PocketCNNError, first_line
+from ..fileio import file_digest, sha256_file
 
 ORT_WEB_PACKAGE = "onnxruntime-web"
 ORT_WEB_VERSION = "1.31.1"
@@ -188,11 +189,7 @@ def require_litert_js(path: str | Path | None = None) -> LiteRtJs:
 
 def sri_sha512(path: str | Path) -> str:
     """The ``sha512-<base64>`` integrity string npm records for a tarball."""
-    digest = hashlib.sha512()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "sha512-" + base64.b64encode(digest.digest()).decode()
+    return "sha512-" + base64.b64encode(file_digest(path, "sha512").digest()).decode()
 
 
 def _tarball_name(package: str) -> str:
@@ -284,7 +281,7 @@ def fetch_ort_web(dest: str | Path | None = None, *, version: str = ORT_WEB_VERS
             raise WebRuntimeError(f"{path}: holds {ORT_WEB_PACKAGE} {package.get('version')!r}, "
                                   f"not the requested {version}")
         files = {n: {"bytes": (staging / n).stat().st_size,
-                     "sha256": hashlib.sha256((staging / n).read_bytes()).hexdigest()} for n in ORT_WEB_FILES}
+                     "sha256": sha256_file(staging / n)} for n in ORT_WEB_FILES}
         manifest = {"package": ORT_WEB_PACKAGE, "version": version, "integrity": integrity,
                     "license": package.get("license"), "source": f"npm pack {ORT_WEB_PACKAGE}@{version}",
                     "files": files}
@@ -387,7 +384,7 @@ def fetch_litert_js(dest: str | Path | None = None, *, version: str = LITERT_VER
                                           f"not the requested {package} {version}")
                 licenses[package] = meta.get("license")
         files = {n: {"bytes": (staging / n).stat().st_size,
-                     "sha256": hashlib.sha256((staging / n).read_bytes()).hexdigest()} for n in LITERT_FILES}
+                     "sha256": sha256_file(staging / n)} for n in LITERT_FILES}
         manifest = {"package": "@litertjs/core", "version": version, "integrity": integrity, "license": licenses,
                     "source": " ".join(f"npm pack {p}@{version}" for p in LITERT_PACKAGES), "files": files}
         (staging / LITERT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -413,14 +410,6 @@ OFFLINE_PLAN = "offline.json"  # what the service worker stores, and the cache i
 WEB_MANIFEST = "manifest.webmanifest"
 SERVICE_WORKER = "sw.js"
 THEME_COLOR = "#0969da"
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def web_manifest(model: str) -> dict[str, object]:
