@@ -26,14 +26,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import PocketCNNError, first_line
 from ..runtime.onnx import default_threads
 from ..runtime.predictor import Prediction, Predictor, open_model
-from .batching import BatcherClosed, DynamicBatcher
-from .bodies import HTTPProblem, Upload, parse_request, parse_topk
+from ..validate import is_int
+from .batching import DynamicBatcher
+from .bodies import (REQUEST_FAILURES, HTTPProblem, ParsedRequest, Upload, error_response, failure_response,
+                     parse_request, parse_topk)
 from .isolation import CrossOriginIsolation
 from .metrics import MetricsMiddleware, ServeMetrics
 from .page import page_routes
@@ -76,7 +78,7 @@ class ModelService:
             p, meta = self.predictor, self.predictor.runner.metadata
             spec = p.spec
             params = meta.get("params")
-            if not isinstance(params, int) or isinstance(params, bool):
+            if not is_int(params):
                 params = count_onnx_params(self.path)
             self._info = {
                 "name": self.name, "file": self.path.name, "file_bytes": self.path.stat().st_size,
@@ -99,10 +101,6 @@ class ModelService:
         self.model_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def create_app(model_path: str | Path, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_body_bytes: int = 10 * MB, threads: int | None = None, static_dir: str | Path | None = None,
                body_timeout_s: float = 30.0, max_images: int = 256, runs: int | None = None) -> Starlette:
@@ -116,81 +114,113 @@ def create_app(model_path: str | Path, *, max_batch: int = 32, max_wait_ms: floa
 
 
 def app_from_settings(settings: ServeSettings) -> Starlette:
+    """The app of :func:`create_app` from a settings record (each uvicorn worker: :func:`app_from_env`)."""
     service = ModelService(settings)
-
-    async def predict(request: Request) -> Response:
-        start = time.perf_counter()
-        try:
-            topk = parse_topk(request.query_params.get("topk"))
-            parsed = await parse_request(request, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
-                                         max_images=settings.max_images)
-            if parsed.topk is not None and "topk" not in request.query_params:
-                topk = parse_topk(parsed.topk)
-            loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(service.decode_pool, service.decode, parsed.uploads)
-            good = [x for x in decoded if isinstance(x, np.ndarray)]
-            service.metrics.count_images(len(good), len(decoded) - len(good))
-            if parsed.raw and not good:
-                raise HTTPProblem(422, str(decoded[0]))
-            probs = iter([s.probs for s in await service.batcher.submit(good)] if good else [])  # v2.Scores
-        except HTTPProblem as exc:
-            return _error(exc.status, exc.message)
-        except BatcherClosed as exc:
-            return _error(503, str(exc))
-        except PocketCNNError as exc:  # the model failed to run: not the client's fault
-            return _error(500, str(exc))
-        records: list[dict[str, Any]] = []
-        for up, x in zip(parsed.uploads, decoded):
-            pred = service.predictor.top(up.name, next(probs), topk) if isinstance(x, np.ndarray) \
-                else Prediction(up.name, error=x)
-            records.append(pred.to_dict())
-        body = {"model": service.name, "runtime": service.predictor.runtime, "predictions": records,
-                "latency_ms": round((time.perf_counter() - start) * 1000.0, 3)}
-        return JSONResponse(body, status_code=200 if good else 422)
-
-    async def model_info(request: Request) -> Response:
-        info = await asyncio.get_running_loop().run_in_executor(service.decode_pool, service.info)
-        return JSONResponse(info)
-
-    async def model_file(request: Request) -> Response:
-        return FileResponse(service.path, media_type="application/octet-stream")
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": service.name})
-
-    async def metrics(request: Request) -> Response:
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
-
-    async def index(request: Request) -> Response:
-        if settings.static_dir is not None and (Path(settings.static_dir) / "index.html").is_file():
-            return FileResponse(Path(settings.static_dir) / "index.html")
-        return HTMLResponse(landing_page(service.name, service.predictor.spec.classes, str(request.base_url)))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return _error(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
-
-    routes = [Route("/v1/predict", predict, methods=["POST"]), Route("/v1/model", model_info),
-              Route("/v1/model.onnx", model_file),
-              Route("/healthz", healthz), Route("/metrics", metrics), Route("/", index),
-              *v2_routes(service)]  # the Open Inference Protocol (KServe v2)
-    routes += page_routes(service.path, service.name, settings.static_dir)  # the installable, offline page: .page
+    routes = [*V1Handlers(service).routes(),
+              *v2_routes(service),  # the Open Inference Protocol (KServe v2)
+              *page_routes(service.path, service.name, settings.static_dir)]  # the installable, offline page: .page
     if settings.static_dir is not None:
         routes.append(Mount("/static", StaticFiles(directory=settings.static_dir), name="static"))
+    app = Starlette(routes=routes, middleware=[Middleware(CrossOriginIsolation),
+                                               Middleware(MetricsMiddleware, metrics=service.metrics)],
+                    exception_handlers={HTTPException: http_error, Exception: server_error},
+                    lifespan=service_lifespan(service))
+    app.state.service = service
+    return app
 
+
+def service_lifespan(service: ModelService):
+    """The app's lifespan: nothing to start (the model is open), the service closed at shutdown."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
         await service.close()
 
-    app = Starlette(routes=routes, middleware=[Middleware(CrossOriginIsolation),
-                                               Middleware(MetricsMiddleware, metrics=service.metrics)],
-                    exception_handlers={HTTPException: http_error, Exception: server_error}, lifespan=lifespan)
-    app.state.service = service
-    return app
+    return lifespan
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own HTTP errors (404, 405, ...) as JSON ``{"error": ...}``."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """Any other exception: a 500 naming it in one line."""
+    return error_response(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
+
+
+class V1Handlers:
+    """The handlers of ``/v1``, ``/healthz``, ``/metrics`` and ``/``, bound to one :class:`ModelService`."""
+
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+        self.settings = service.settings
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/v1/predict", self.predict, methods=["POST"]), Route("/v1/model", self.model_info),
+                Route("/v1/model.onnx", self.model_file),
+                Route("/healthz", self.healthz), Route("/metrics", self.metrics), Route("/", self.index)]
+
+    async def predict(self, request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            parsed, topk = await self.read(request)
+            decoded, probs = await self.score(parsed)
+        except REQUEST_FAILURES as exc:
+            return failure_response(exc)
+        good = any(isinstance(x, np.ndarray) for x in decoded)
+        body = {"model": self.service.name, "runtime": self.service.predictor.runtime,
+                "predictions": self.records(parsed.uploads, decoded, probs, topk),
+                "latency_ms": round((time.perf_counter() - start) * 1000.0, 3)}
+        return JSONResponse(body, status_code=200 if good else 422)
+
+    async def read(self, request: Request) -> tuple[ParsedRequest, int]:
+        """The request's images and its topk: the query's (checked before the body is read), else the form's."""
+        topk = parse_topk(request.query_params.get("topk"))
+        parsed = await parse_request(request, limit=self.settings.max_body_bytes,
+                                     timeout_s=self.settings.body_timeout_s, max_images=self.settings.max_images)
+        if parsed.topk is not None and "topk" not in request.query_params:
+            topk = parse_topk(parsed.topk)
+        return parsed, topk
+
+    async def score(self, parsed: ParsedRequest) -> tuple[list[np.ndarray | str], list[np.ndarray]]:
+        """``(each upload decoded or its error, the probabilities of the decoded ones)``: decoded in
+        the pool, counted in the metrics, run in the batcher; 422 for a raw body that does not decode."""
+        service = self.service
+        decoded = await asyncio.get_running_loop().run_in_executor(service.decode_pool, service.decode,
+                                                                   parsed.uploads)
+        good = [x for x in decoded if isinstance(x, np.ndarray)]
+        service.metrics.count_images(len(good), len(decoded) - len(good))
+        if parsed.raw and not good:
+            raise HTTPProblem(422, str(decoded[0]))
+        scores = await service.batcher.submit(good) if good else []  # v2.Scores
+        return decoded, [s.probs for s in scores]
+
+    def records(self, uploads: tuple[Upload, ...], decoded: list[np.ndarray | str], probs: list[np.ndarray],
+                topk: int) -> list[dict[str, Any]]:
+        """One ``predict --json`` record per upload: its top ``topk`` classes, or its error."""
+        rows = iter(probs)
+        return [(self.service.predictor.top(up.name, next(rows), topk) if isinstance(x, np.ndarray)
+                 else Prediction(up.name, error=x)).to_dict() for up, x in zip(uploads, decoded)]
+
+    async def model_info(self, request: Request) -> Response:
+        info = await asyncio.get_running_loop().run_in_executor(self.service.decode_pool, self.service.info)
+        return JSONResponse(info)
+
+    async def model_file(self, request: Request) -> Response:
+        return FileResponse(self.service.path, media_type="application/octet-stream")
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.service.name})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.service.metrics.render(), media_type=self.service.metrics.content_type)
+
+    async def index(self, request: Request) -> Response:
+        if self.settings.static_dir is not None and (Path(self.settings.static_dir) / "index.html").is_file():
+            return FileResponse(Path(self.settings.static_dir) / "index.html")
+        return HTMLResponse(landing_page(self.service.name, self.service.predictor.spec.classes, str(request.base_url)))
 
 
 def landing_page(name: str, classes: tuple[str, ...], base_url: str = "http://127.0.0.1:8000/") -> str:

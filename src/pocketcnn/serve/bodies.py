@@ -1,7 +1,8 @@
 """Reading ``POST /v1/predict`` bodies: size and time limits, content types, multipart forms.
 
 Every problem with a request is an :class:`HTTPProblem` (status code + one-line message),
-answered as JSON ``{"error": ...}``; bad input is never a 500.
+answered as JSON ``{"error": ...}``; bad input is never a 500. :func:`failure_response` is
+the one answer of ``/v1`` and ``/v2`` to a request that failed.
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from dataclasses import dataclass
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from ..errors import ConfigError, PocketCNNError
+from ..validate import check_int
+from .batching import BatcherClosed
 
 RAW_TYPES = ("application/octet-stream",)  # besides image/*
 RAW_NAME = "<body>"  # the "image" of a raw-body request's record
@@ -24,6 +30,24 @@ class HTTPProblem(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+# what a request handler answers with failure_response; anything else is the app's 500 "internal error"
+REQUEST_FAILURES = (HTTPProblem, BatcherClosed, PocketCNNError)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """JSON ``{"error": message}`` with ``status``."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def failure_response(exc: Exception) -> JSONResponse:
+    """The answer to a request that failed with one of :data:`REQUEST_FAILURES`: an
+    :class:`HTTPProblem`'s own status, 503 while shutting down, 500 when the model failed to
+    run (a :class:`~pocketcnn.errors.PocketCNNError`: not the client's fault)."""
+    if isinstance(exc, HTTPProblem):
+        return error_response(exc.status, exc.message)
+    return error_response(503 if isinstance(exc, BatcherClosed) else 500, str(exc))
 
 
 @dataclass(frozen=True)
@@ -133,6 +157,7 @@ def parse_topk(value: str | None, default: int = 5) -> int:
         topk = int(value.strip())
     except ValueError:
         raise HTTPProblem(400, f"topk must be a positive integer, received topk={value[:50]!r}") from None
-    if topk < 1:
-        raise HTTPProblem(400, f"topk must be a positive integer, received topk={topk}")
-    return topk
+    try:
+        return check_int("topk", topk)
+    except ConfigError as exc:
+        raise HTTPProblem(400, str(exc)) from None

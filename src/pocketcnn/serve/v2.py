@@ -22,7 +22,7 @@ limits and metrics. Errors are the protocol's ``{"error": message}`` with a 4xx 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from starlette.requests import Request
@@ -32,8 +32,7 @@ from starlette.routing import BaseRoute, Route
 from .. import __version__
 from ..errors import ExportError, PocketCNNError, first_line
 from ..runtime.predictor import Predictor, softmax
-from .batching import BatcherClosed
-from .bodies import HTTPProblem, read_body
+from .bodies import REQUEST_FAILURES, HTTPProblem, error_response, failure_response, read_body
 from .v2_codec import HEADER, InferRequest, Signature, encode_response, parse_infer
 
 if TYPE_CHECKING:
@@ -85,113 +84,132 @@ def signature(predictor: Predictor) -> Signature:
                      tuple(spec.classes))
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def triton_config(service: ModelService, sig: Signature) -> dict[str, Any]:
+    """Triton's model configuration of the served model: inputs, outputs, batching, instances."""
+    dims = lambda d: [str(x) for x in d]  # noqa: E731 - Triton writes int64 dims as strings
+    k = len(sig.labels)
+    return {
+        "name": service.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "max_batch_size": service.settings.max_batch,
+        "input": [{"name": sig.tensor_input, "data_type": "TYPE_FP32", "dims": dims(sig.chw)},
+                  {"name": sig.image_input, "data_type": "TYPE_STRING", "dims": ["1"]}],
+        "output": [{"name": sig.logits, "data_type": "TYPE_FP32", "dims": dims([k])},
+                   {"name": sig.probabilities, "data_type": "TYPE_FP32", "dims": dims([k])}],
+        "dynamic_batching": {"max_queue_delay_microseconds": str(int(service.settings.max_wait_ms * 1000))},
+        "instance_group": [{"count": service.batcher.parallel, "kind": "KIND_CPU"}],
+        "parameters": {"labels": {"string_value": ",".join(sig.labels)}}}
 
 
 def v2_routes(service: ModelService) -> list[BaseRoute]:
     """The protocol's routes for the app's :class:`~pocketcnn.serve.app.ModelService`."""
-    settings = service.settings
-    sig = signature(service.predictor)
-    workers = max(1, getattr(service.decode_pool, "_max_workers", 1))
+    return V2Handlers(service).routes()
 
-    def unknown(request: Request) -> JSONResponse | None:
+
+class V2Handlers:
+    """The protocol's request handlers, bound to one :class:`~pocketcnn.serve.app.ModelService`."""
+
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.sig = signature(service.predictor)
+        self.workers = max(1, getattr(service.decode_pool, "_max_workers", 1))
+
+    def routes(self) -> list[BaseRoute]:
+        """Server routes, then each model route under ``/v2/models/{model}`` and ``.../versions/{version}``."""
+        routes: list[BaseRoute] = [Route("/v2", self.server_metadata), Route("/v2/health/live", self.live),
+                                   Route("/v2/health/ready", self.ready)]
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            routes += [Route(base, self.model_metadata), Route(base + "/ready", self.model_ready),
+                       Route(base + "/config", self.model_config), Route(base + "/infer", self.infer, methods=["POST"])]
+        return routes
+
+    def unknown(self, request: Request) -> JSONResponse | None:
+        """404 for a model name or version this server does not serve, else None."""
         name = request.path_params["model"]
         version = request.path_params.get("version", VERSION)
-        if name != service.name:
-            return _error(404, f"unknown model {name!r}: this server serves {service.name!r}")
+        if name != self.service.name:
+            return error_response(404, f"unknown model {name!r}: this server serves {self.service.name!r}")
         if version != VERSION:
-            return _error(404, f"unknown version {version!r} of model {name!r}: the one version is {VERSION!r}")
+            return error_response(404, f"unknown version {version!r} of model {name!r}: the one version is {VERSION!r}")
         return None
 
-    async def server_metadata(request: Request) -> Response:
+    async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "pocketcnn", "version": __version__, "extensions": EXTENSIONS})
 
-    async def live(request: Request) -> Response:
+    async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
 
-    async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": not service.batcher.closed})
+    async def ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": not self.service.batcher.closed})
 
-    async def model_metadata(request: Request) -> Response:
-        if (missing := unknown(request)) is not None:
+    async def model_metadata(self, request: Request) -> Response:
+        if (missing := self.unknown(request)) is not None:
             return missing
-        return JSONResponse({"name": service.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-                             "inputs": sig.inputs(), "outputs": sig.outputs()})
+        return JSONResponse({"name": self.service.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
+                             "inputs": self.sig.inputs(), "outputs": self.sig.outputs()})
 
-    async def model_ready(request: Request) -> Response:
-        if (missing := unknown(request)) is not None:
+    async def model_ready(self, request: Request) -> Response:
+        if (missing := self.unknown(request)) is not None:
             return missing
-        return JSONResponse({"name": service.name, "ready": not service.batcher.closed})
+        return JSONResponse({"name": self.service.name, "ready": not self.service.batcher.closed})
 
-    async def model_config(request: Request) -> Response:
-        if (missing := unknown(request)) is not None:
+    async def model_config(self, request: Request) -> Response:
+        if (missing := self.unknown(request)) is not None:
             return missing
-        dims = lambda d: [str(x) for x in d]  # noqa: E731 - Triton writes int64 dims as strings
-        k = len(sig.labels)
-        return JSONResponse({
-            "name": service.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
-            "max_batch_size": settings.max_batch,
-            "input": [{"name": sig.tensor_input, "data_type": "TYPE_FP32", "dims": dims(sig.chw)},
-                      {"name": sig.image_input, "data_type": "TYPE_STRING", "dims": ["1"]}],
-            "output": [{"name": sig.logits, "data_type": "TYPE_FP32", "dims": dims([k])},
-                       {"name": sig.probabilities, "data_type": "TYPE_FP32", "dims": dims([k])}],
-            "dynamic_batching": {"max_queue_delay_microseconds": str(int(settings.max_wait_ms * 1000))},
-            "instance_group": [{"count": service.batcher.parallel, "kind": "KIND_CPU"}],
-            "parameters": {"labels": {"string_value": ",".join(sig.labels)}}})
+        return JSONResponse(triton_config(self.service, self.sig))
 
-    def prepare(body: bytes, header: str | None) -> tuple[InferRequest, list[np.ndarray | str] | None]:
+    async def infer(self, request: Request) -> Response:
+        if (missing := self.unknown(request)) is not None:
+            return missing
+        loop = asyncio.get_running_loop()
+        try:
+            body = await read_body(request, limit=self.settings.max_body_bytes, timeout_s=self.settings.body_timeout_s)
+            req, decoded = await loop.run_in_executor(self.service.decode_pool, self.prepare, body,
+                                                      request.headers.get(HEADER))
+            scores = await self.service.batcher.submit(await self.rows(req, decoded))
+        except REQUEST_FAILURES as exc:
+            return failure_response(exc)
+        tensors = {self.sig.logits: np.stack([s.logits for s in scores]),
+                   self.sig.probabilities: np.stack([s.probs for s in scores])}
+        content, headers = encode_response(self.service.name, VERSION, req, tensors, self.sig.labels)
+        return Response(content, headers=headers)
+
+    def prepare(self, body: bytes, header: str | None) -> tuple[InferRequest, list[np.ndarray | str] | None]:
         """In the decode pool: parse, and decode the images of a small request."""
-        req = parse_infer(body, header, sig, max_images=settings.max_images)
+        req = parse_infer(body, header, self.sig, max_images=self.settings.max_images)
         if req.images and len(req.images) <= SEQUENTIAL_IMAGES:
-            return req, decode(req.images, 0)
+            return req, self.decode(req.images, 0)
         return req, None
 
-    def decode(images: tuple[bytes, ...], first: int) -> list[np.ndarray | str]:
+    def decode(self, images: tuple[bytes, ...], first: int) -> list[np.ndarray | str]:
+        """Images ``first, first + 1, ...`` -> float32 ``(C, S, S)`` each, or its one-line error."""
         out: list[np.ndarray | str] = []
         for i, data in enumerate(images, first):
             try:
-                out.append(service.predictor.preprocess(data, name=f"{sig.image_input}[{i}]"))
+                out.append(self.service.predictor.preprocess(data, name=f"{self.sig.image_input}[{i}]"))
             except PocketCNNError as exc:
                 out.append(str(exc))
         return out
 
-    async def infer(request: Request) -> Response:
-        if (missing := unknown(request)) is not None:
-            return missing
+    async def decode_in_parallel(self, images: tuple[bytes, ...]) -> list[np.ndarray | str]:
+        """Many images: one slice per decode pool thread, all at the same time."""
         loop = asyncio.get_running_loop()
-        try:
-            body = await read_body(request, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-            req, decoded = await loop.run_in_executor(service.decode_pool, prepare, body, request.headers.get(HEADER))
-            if req.tensor is not None:
-                rows: list[np.ndarray] = list(req.tensor)
-                service.metrics.count_images(len(rows), 0)
-            else:
-                if decoded is None:  # many images: one slice per pool thread
-                    step = -(-len(req.images) // workers)
-                    parts = await asyncio.gather(*(loop.run_in_executor(
-                        service.decode_pool, decode, req.images[i:i + step], i) for i in range(0, len(req.images), step)))
-                    decoded = [x for part in parts for x in part]
-                bad = [x for x in decoded if isinstance(x, str)]
-                service.metrics.count_images(len(decoded) - len(bad), len(bad))
-                if bad:
-                    raise HTTPProblem(400, bad[0] if len(bad) == 1 else f"{bad[0]} (and {len(bad) - 1} more images)")
-                rows = decoded  # type: ignore[assignment]
-            scores = await service.batcher.submit(rows)
-        except HTTPProblem as exc:
-            return _error(exc.status, exc.message)
-        except BatcherClosed as exc:
-            return _error(503, str(exc))
-        except PocketCNNError as exc:  # the model failed to run: not the client's fault
-            return _error(500, str(exc))
-        tensors = {sig.logits: np.stack([s.logits for s in scores]),
-                   sig.probabilities: np.stack([s.probs for s in scores])}
-        content, headers = encode_response(service.name, VERSION, req, tensors, sig.labels)
-        return Response(content, headers=headers)
+        step = -(-len(images) // self.workers)
+        parts = await asyncio.gather(*(loop.run_in_executor(self.service.decode_pool, self.decode, images[i:i + step], i)
+                                       for i in range(0, len(images), step)))
+        return [x for part in parts for x in part]
 
-    routes: list[BaseRoute] = [Route("/v2", server_metadata), Route("/v2/health/live", live),
-                               Route("/v2/health/ready", ready)]
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [Route(base, model_metadata), Route(base + "/ready", model_ready),
-                   Route(base + "/config", model_config), Route(base + "/infer", infer, methods=["POST"])]
-    return routes
+    async def rows(self, req: InferRequest, decoded: list[np.ndarray | str] | None) -> list[np.ndarray]:
+        """The model inputs of a request, counted in the metrics: its tensor's rows, or its images
+        (decoded here when :meth:`prepare` did not); 400 when an image could not be decoded."""
+        if req.tensor is not None:
+            rows: list[np.ndarray] = list(req.tensor)
+            self.service.metrics.count_images(len(rows), 0)
+            return rows
+        if decoded is None:
+            decoded = await self.decode_in_parallel(req.images)
+        bad = [x for x in decoded if isinstance(x, str)]
+        self.service.metrics.count_images(len(decoded) - len(bad), len(bad))
+        if bad:
+            raise HTTPProblem(400, bad[0] if len(bad) == 1 else f"{bad[0]} (and {len(bad) - 1} more images)")
+        return decoded  # type: ignore[return-value]
