@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import ConfigError
+from ..validate import check_int
 from .settings import ServeSettings
 
 FACTORY = "pocketcnn.serve.app:app_from_env"
@@ -59,10 +59,8 @@ def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 
     import uvicorn
     from PIL import Image
 
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, received workers={workers!r}")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise ConfigError(f"port must be an integer in [0, 65535], received port={port!r}")
+    check_int("workers", workers)
+    check_int("port", port, 0, 65535)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # such images are refused anyway
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                   server_header=False, proxy_headers=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..validate import check_int, check_number
 
 ENV_VAR = "POCKETCNN_SERVE_SETTINGS"
 MB = 1_000_000
@@ -41,19 +42,11 @@ class ServeSettings:
             if not Path(self.static_dir).is_dir():
                 raise ConfigError(f"static_dir must be a folder, received static_dir={self.static_dir!r}")
         for key in ("max_batch", "max_body_bytes", "max_images"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, received {key}={value!r}")
-        for key in ("max_wait_ms", "body_timeout_s"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e6:
-                raise ConfigError(f"{key} must be a number >= 0, received {key}={value!r}")
-        if self.body_timeout_s <= 0:
-            raise ConfigError(f"body_timeout_s must be > 0, received body_timeout_s={self.body_timeout_s!r}")
-        for key in ("threads", "runs"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ConfigError(f"{key} must be an integer >= 0 (0 or None: the default), received {key}={value!r}")
+            check_int(key, getattr(self, key))
+        check_number("max_wait_ms", self.max_wait_ms, 0, 1e6, high_open=True)
+        check_number("body_timeout_s", self.body_timeout_s, 0, 1e6, low_open=True, high_open=True)
+        for key in ("threads", "runs"):  # 0 or None: the default of resolved_threads
+            check_int(key, getattr(self, key), 0, optional=True)
 
     def resolved_threads(self, cpus: int | None = None) -> tuple[int, int]:
         """``(intra-op threads per run, runs at the same time)``.

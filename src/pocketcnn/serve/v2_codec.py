@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..validate import check_int, is_int
 from .bodies import HTTPProblem
 
 HEADER = "inference-header-content-length"
@@ -89,6 +91,15 @@ def _flag(value: Any, what: str) -> bool:
     return value
 
 
+def _count(value: Any, name: str, where: str) -> int:
+    """``value`` when it is an integer >= 0 (:func:`~pocketcnn.validate.check_int`), else 400
+    naming the input or output ``where`` it came from."""
+    try:
+        return check_int(name, value, 0)
+    except ConfigError as exc:
+        raise _bad(f"{where}: {exc}") from None
+
+
 def _object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -120,8 +131,7 @@ def split_header(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
 
 
 def _shape(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in value):
+    if not isinstance(value, list) or not all(is_int(d) and d >= 0 for d in value):
         raise _bad(f"input '{name}': shape must be a list of integers >= 0, received {value!r}")
     return value
 
@@ -154,8 +164,7 @@ def _binary_slice(params: dict[str, Any], rest: memoryview, offset: int, name: s
     size = params.get("binary_data_size")
     if size is None:
         return None, offset
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad(f"input '{name}': binary_data_size must be an integer >= 0, received {size!r}")
+    _count(size, "binary_data_size", f"input '{name}'")
     if offset + size > len(rest):
         raise _bad(f"input '{name}': binary_data_size {size} runs past the {len(rest) - offset} bytes left in the "
                    "body (send Inference-Header-Content-Length with binary data)")
@@ -221,9 +230,7 @@ def _outputs(doc: dict[str, Any], sig: Signature, default_binary: bool) -> tuple
             raise _bad(f"unknown output {name!r}: this model gives {' and '.join(repr(k) for k in known)}")
         params = _object(entry.get("parameters"), f"output '{name}' parameters")
         binary = _flag(params.get("binary_data", default_binary), f"output '{name}' binary_data")
-        classes = params.get("classification", 0)
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
-            raise _bad(f"output '{name}': classification must be an integer >= 0, received {classes!r}")
+        classes = _count(params.get("classification", 0), "classification", f"output '{name}'")
         out.append(RequestedOutput(name, binary, min(classes, len(sig.labels))))
     return tuple(out)
 
