@@ -19,6 +19,9 @@ ES module that imports the bare name ``@litertjs/wasm-utils``; the page's import
 it at ``wasm-utils/index.js``) and ``core/wasm/`` with three of its four WebAssembly builds:
 threaded (relaxed SIMD and threads, for a cross-origin isolated page), plain (relaxed SIMD)
 and compat (neither). ``loadLiteRt`` picks one; a visitor downloads only that one.
+
+Both runtimes are fetched by one flow, driven by their :class:`NpmPackage` records (name, pinned
+version and integrity, which files to keep and where): :data:`ORT_WEB_NPM` and :data:`LITERT_NPM`.
 """
 from __future__ import annotations
 
@@ -30,9 +33,10 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import ConfigError, MissingDependencyError, OutputError, PocketCNNError, first_line
 from ..fileio import file_digest, sha256_file
@@ -64,6 +68,25 @@ LITERT_FILES = tuple(f for members in LITERT_MEMBERS.values() for f in members.v
 LITERT_MANIFEST = "litert.json"
 # what a visitor downloads: the API, and the build its browser gets
 LITERT_COMMON = ("core/index.js", "wasm-utils/index.js")
+
+
+@dataclass(frozen=True)
+class NpmPackage:
+    """One pinned npm package of a browser runtime: ``integrity`` is npm's sha512 of the ``version``
+    tarball (checked whenever that version is fetched); ``files`` says which tarball members to keep
+    and where (member -> path in the runtime's folder)."""
+
+    name: str
+    version: str
+    integrity: str
+    files: Mapping[str, str]
+
+
+ORT_WEB_NPM = (NpmPackage(ORT_WEB_PACKAGE, ORT_WEB_VERSION, ORT_WEB_INTEGRITY,
+                          {f"package/dist/{name}": name for name in ORT_WEB_FILES}),)
+LITERT_NPM = tuple(NpmPackage(name, LITERT_VERSION, integrity, LITERT_MEMBERS[name])
+                   for name, integrity in LITERT_PACKAGES.items())
+_Found = TypeVar("_Found")
 
 
 class WebRuntimeError(PocketCNNError):
@@ -113,26 +136,39 @@ def find_ort_web(path: str | Path | None = None, *, version: str | None = None) 
     """The runtime in ``path`` (default :func:`ort_dir`) when its manifest names ``version``
     (default: the pinned one) and every file is there with the size the manifest records; else None."""
     folder = Path(path) if path is not None else ort_dir()
-    version = version or ORT_WEB_VERSION
+    return _read_manifest(folder / MANIFEST, ORT_WEB_FILES, version or ORT_WEB_VERSION,
+                          lambda manifest, files: WebRuntime(folder, str(manifest["version"]),
+                                                             str(manifest.get("integrity", "")), files))
+
+
+def _read_manifest(manifest_path: Path, names: Sequence[str], version: str,
+                   make: Callable[[dict, dict[str, int]], _Found]) -> _Found | None:
+    """``make(manifest, sizes)`` when the runtime manifest at ``manifest_path`` names ``version`` and each
+    of ``names`` is in its folder with the size the manifest records; else (anything unreadable too) None."""
+    folder = manifest_path.parent
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = {name: int(manifest["files"][name]["bytes"]) for name in ORT_WEB_FILES}
+        manifest = json.loads(manifest_path.read_text())
+        files = {name: int(manifest["files"][name]["bytes"]) for name in names}
         if manifest.get("version") != version:
             return None
         if any(not (folder / n).is_file() or (folder / n).stat().st_size != size for n, size in files.items()):
             return None
-        return WebRuntime(folder, str(manifest["version"]), str(manifest.get("integrity", "")), files)
-    except (OSError, ValueError, KeyError, TypeError):
+        return make(manifest, files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def require_ort_web(path: str | Path | None = None) -> WebRuntime:
     """:func:`find_ort_web`, or a one-line WebRuntimeError saying how to get the files."""
-    found = find_ort_web(path)
+    return _required(find_ort_web(path), path, ort_dir, f"{ORT_WEB_PACKAGE} {ORT_WEB_VERSION} files (the browser runtime)")
+
+
+def _required(found: _Found | None, path: str | Path | None, default_dir: Callable[[], Path], what: str) -> _Found:
+    """``found``, or a one-line WebRuntimeError: no ``what`` in ``path`` (default ``default_dir()``), and how to get them."""
     if found is None:
-        folder = Path(path) if path is not None else ort_dir()
-        raise WebRuntimeError(f"{folder}: no {ORT_WEB_PACKAGE} {ORT_WEB_VERSION} files (the browser runtime); "
-                              "fetch them with 'pocketcnn web-runtime' (needs npm and the npm registry)")
+        folder = Path(path) if path is not None else default_dir()
+        raise WebRuntimeError(f"{folder}: no {what}; fetch them with 'pocketcnn web-runtime' "
+                              "(needs npm and the npm registry)")
     return found
 
 
@@ -164,27 +200,15 @@ def find_litert_js(path: str | Path | None = None, *, version: str | None = None
     """LiteRT.js in ``path`` (default :func:`litert_dir`) when its manifest names ``version`` (default:
     the pinned one) and every file is there with the recorded size; else None."""
     folder = Path(path) if path is not None else litert_dir()
-    version = version or LITERT_VERSION
-    try:
-        manifest = json.loads((folder / LITERT_MANIFEST).read_text())
-        files = {name: int(manifest["files"][name]["bytes"]) for name in LITERT_FILES}
-        if manifest.get("version") != version:
-            return None
-        if any(not (folder / n).is_file() or (folder / n).stat().st_size != size for n, size in files.items()):
-            return None
-        return LiteRtJs(folder, str(manifest["version"]), dict(manifest.get("integrity", {})), files)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    return _read_manifest(folder / LITERT_MANIFEST, LITERT_FILES, version or LITERT_VERSION,
+                          lambda manifest, files: LiteRtJs(folder, str(manifest["version"]),
+                                                           dict(manifest.get("integrity", {})), files))
 
 
 def require_litert_js(path: str | Path | None = None) -> LiteRtJs:
     """:func:`find_litert_js`, or a one-line WebRuntimeError saying how to get the files."""
-    found = find_litert_js(path)
-    if found is None:
-        folder = Path(path) if path is not None else litert_dir()
-        raise WebRuntimeError(f"{folder}: no LiteRT.js {LITERT_VERSION} files (@litertjs/core, the browser's "
-                              "LiteRT runtime); fetch them with 'pocketcnn web-runtime' (needs npm and the npm registry)")
-    return found
+    return _required(find_litert_js(path), path, litert_dir,
+                     f"LiteRT.js {LITERT_VERSION} files (@litertjs/core, the browser's LiteRT runtime)")
 
 
 def sri_sha512(path: str | Path) -> str:
@@ -197,7 +221,7 @@ def _tarball_name(package: str) -> str:
     return package.lstrip("@").replace("/", "-")
 
 
-def _npm_pack(version: str, workdir: Path, npm: str, timeout_s: float, package: str = ORT_WEB_PACKAGE) -> Path:
+def _npm_pack(version: str, workdir: Path, npm: str, timeout_s: float, package: str) -> Path:
     exe = shutil.which(npm)
     if exe is None:
         raise MissingDependencyError(f"{npm!r} not found: install Node.js with npm, or download "
@@ -222,87 +246,6 @@ def _npm_pack(version: str, workdir: Path, npm: str, timeout_s: float, package: 
     return workdir / Path(name).name
 
 
-def _extract(tarball: Path, staging: Path) -> dict[str, object]:
-    """Copy ``package/dist/<file>`` for each of :data:`ORT_WEB_FILES` into ``staging``; return package.json."""
-    wanted = {f"package/dist/{name}": name for name in ORT_WEB_FILES}
-    package: dict[str, object] = {}
-    try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            for member in tar:
-                if member.name == "package/package.json" and member.isfile():
-                    package = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
-                elif member.name in wanted and member.isfile():
-                    with tar.extractfile(member) as src, open(staging / wanted[member.name], "wb") as dst:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, dst)
-    except (OSError, tarfile.TarError, ValueError) as exc:
-        raise WebRuntimeError(f"{tarball}: not a readable npm tarball ({first_line(exc)})") from None
-    missing = [n for n in ORT_WEB_FILES if not (staging / n).is_file()]
-    if missing:
-        raise WebRuntimeError(f"{tarball}: has no {', '.join('dist/' + n for n in missing)}")
-    return package
-
-
-def fetch_ort_web(dest: str | Path | None = None, *, version: str = ORT_WEB_VERSION, tarball: str | Path | None = None,
-                  npm: str = "npm", force: bool = False, timeout_s: float = 600.0) -> WebRuntime:
-    """Put ONNX Runtime Web ``version`` into ``dest`` (default :func:`ort_dir`) and return it.
-
-    ``tarball``: an ``onnxruntime-web-<version>.tgz`` already on disk (for machines without
-    npm or network); else ``npm pack`` downloads it from the configured npm registry into a
-    temporary folder. The pinned version's tarball must match :data:`ORT_WEB_INTEGRITY`.
-    Files already there with the right manifest are kept unless ``force``. The folder is
-    replaced as a whole (staged beside it, then renamed), so it is never half written.
-    """
-    if not isinstance(version, str) or not version or any(c in version for c in " /\\@"):
-        raise ConfigError(f"version must be an npm version such as {ORT_WEB_VERSION!r}, received version={version!r}")
-    dest = Path(dest) if dest is not None else ort_dir()
-    if not force and tarball is None:
-        found = find_ort_web(dest, version=version)
-        if found is not None:
-            return found
-    if dest.exists() and not dest.is_dir():
-        raise OutputError(f"{dest}: is a file; the runtime goes into a folder")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
-    except OSError as exc:
-        raise OutputError(f"{dest}: cannot write the browser runtime there ({exc.strerror or exc}); "
-                          "pass another folder (--dest)") from None
-    try:
-        with tempfile.TemporaryDirectory(prefix="pocketcnn-npm-") as work:
-            path = Path(tarball) if tarball is not None else _npm_pack(version, Path(work), npm, timeout_s)
-            if not path.is_file():
-                raise WebRuntimeError(f"{path}: no such tarball")
-            integrity = sri_sha512(path)
-            if version == ORT_WEB_VERSION and integrity != ORT_WEB_INTEGRITY:
-                raise WebRuntimeError(f"{path}: sha512 integrity {integrity[:24]}... is not the pinned "
-                                      f"{ORT_WEB_PACKAGE} {version} one ({ORT_WEB_INTEGRITY[:24]}...)")
-            package = _extract(path, staging)
-        if package.get("version") != version:
-            raise WebRuntimeError(f"{path}: holds {ORT_WEB_PACKAGE} {package.get('version')!r}, "
-                                  f"not the requested {version}")
-        files = {n: {"bytes": (staging / n).stat().st_size,
-                     "sha256": sha256_file(staging / n)} for n in ORT_WEB_FILES}
-        manifest = {"package": ORT_WEB_PACKAGE, "version": version, "integrity": integrity,
-                    "license": package.get("license"), "source": f"npm pack {ORT_WEB_PACKAGE}@{version}",
-                    "files": files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for p in staging.iterdir():
-            os.chmod(p, 0o644)
-        os.chmod(staging, 0o755)
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    found = find_ort_web(dest, version=version)
-    if found is None:  # pragma: no cover - only a concurrent writer gets here
-        raise WebRuntimeError(f"{dest}: the runtime files changed while they were written")
-    return found
-
-
 def tarball_package(tarball: str | Path) -> tuple[str, str]:
     """``(name, version)`` from an npm tarball's ``package/package.json``."""
     try:
@@ -314,7 +257,7 @@ def tarball_package(tarball: str | Path) -> tuple[str, str]:
         raise WebRuntimeError(f"{tarball}: not a readable npm tarball ({first_line(exc)})") from None
 
 
-def _extract_members(tarball: Path, members: dict[str, str], staging: Path) -> dict[str, object]:
+def _extract_members(tarball: Path, members: Mapping[str, str], staging: Path) -> dict[str, object]:
     """Copy each tarball member of ``members`` to ``staging / members[name]``; return package.json."""
     package: dict[str, object] = {}
     try:
@@ -335,6 +278,29 @@ def _extract_members(tarball: Path, members: dict[str, str], staging: Path) -> d
     return package
 
 
+def _check_version(version: str, pinned: str) -> None:
+    """Refuse what cannot be an npm version (``pinned``: the example the message gives)."""
+    if not isinstance(version, str) or not version or any(c in version for c in " /\\@"):
+        raise ConfigError(f"version must be an npm version such as {pinned!r}, received version={version!r}")
+
+
+def fetch_ort_web(dest: str | Path | None = None, *, version: str = ORT_WEB_VERSION, tarball: str | Path | None = None,
+                  npm: str = "npm", force: bool = False, timeout_s: float = 600.0) -> WebRuntime:
+    """Put ONNX Runtime Web ``version`` into ``dest`` (default :func:`ort_dir`) and return it.
+
+    ``tarball``: an ``onnxruntime-web-<version>.tgz`` already on disk (for machines without
+    npm or network); else ``npm pack`` downloads it from the configured npm registry into a
+    temporary folder. The pinned version's tarball must match :data:`ORT_WEB_INTEGRITY`.
+    Files already there with the right manifest are kept unless ``force``. The folder is
+    replaced as a whole (staged beside it, then renamed), so it is never half written.
+    """
+    _check_version(version, ORT_WEB_VERSION)
+    dest = Path(dest) if dest is not None else ort_dir()
+    given = {ORT_WEB_PACKAGE: Path(tarball)} if tarball is not None else {}
+    return _fetch_npm(dest, ORT_WEB_NPM, MANIFEST, find_ort_web,
+                      version=version, given=given, npm=npm, force=force, timeout_s=timeout_s)
+
+
 def fetch_litert_js(dest: str | Path | None = None, *, version: str = LITERT_VERSION,
                     tarballs: Sequence[str | Path] = (), npm: str = "npm", force: bool = False,
                     timeout_s: float = 600.0) -> LiteRtJs:
@@ -346,63 +312,98 @@ def fetch_litert_js(dest: str | Path | None = None, *, version: str = LITERT_VER
     :data:`LITERT_PACKAGES`' integrity. Kept when already there (unless ``force``); the folder
     is replaced as a whole, never half written.
     """
-    if not isinstance(version, str) or not version or any(c in version for c in " /\\@"):
-        raise ConfigError(f"version must be an npm version such as {LITERT_VERSION!r}, received version={version!r}")
+    _check_version(version, LITERT_VERSION)
     dest = Path(dest) if dest is not None else litert_dir()
-    given: dict[str, Path] = {}
-    for t in tarballs:
-        name, _ = tarball_package(t)
-        if name in LITERT_PACKAGES:
-            given[name] = Path(t)
+    named = ((tarball_package(t)[0], Path(t)) for t in tarballs)
+    given = {name: path for name, path in named if name in LITERT_PACKAGES}
+    return _fetch_npm(dest, LITERT_NPM, LITERT_MANIFEST, find_litert_js,
+                      version=version, given=given, npm=npm, force=force, timeout_s=timeout_s)
+
+
+def _fetch_npm(dest: Path, packages: Sequence[NpmPackage], manifest: str, find: Callable[..., _Found | None], *,
+               version: str, given: Mapping[str, Path], npm: str, force: bool, timeout_s: float) -> _Found:
+    """Put ``packages`` at ``version`` into ``dest`` with the manifest file ``manifest``; return what
+    ``find(dest, version=version)`` finds there.
+
+    What ``find`` finds is kept unless ``force`` or tarballs are ``given`` (package name -> tarball);
+    else each package's tarball (given, or from ``npm pack`` into a temporary folder) is checked
+    against the package's pinned integrity (when ``version`` is the pinned one) and its ``files`` are
+    copied into a staging folder beside ``dest``, which then replaces ``dest`` as a whole.
+    """
     if not force and not given:
-        found = find_litert_js(dest, version=version)
+        found = find(dest, version=version)
         if found is not None:
             return found
-    if dest.exists() and not dest.is_dir():
-        raise OutputError(f"{dest}: is a file; the runtime goes into a folder")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
-    except OSError as exc:
-        raise OutputError(f"{dest}: cannot write the browser runtime there ({exc.strerror or exc}); "
-                          "pass another folder (--dest)") from None
+    staging = _staging_dir(dest)
     try:
         integrity: dict[str, str] = {}
         licenses: dict[str, object] = {}
         with tempfile.TemporaryDirectory(prefix="pocketcnn-npm-") as work:
-            for package, pinned in LITERT_PACKAGES.items():
-                path = given.get(package) or _npm_pack(version, Path(work), npm, timeout_s, package)
-                if not path.is_file():
-                    raise WebRuntimeError(f"{path}: no such tarball")
-                integrity[package] = sri_sha512(path)
-                if version == LITERT_VERSION and integrity[package] != pinned:
-                    raise WebRuntimeError(f"{path}: sha512 integrity {integrity[package][:24]}... is not the pinned "
-                                          f"{package} {version} one ({pinned[:24]}...)")
-                meta = _extract_members(path, LITERT_MEMBERS[package], staging)
-                if meta.get("name") != package or meta.get("version") != version:
-                    raise WebRuntimeError(f"{path}: holds {meta.get('name')!r} {meta.get('version')!r}, "
-                                          f"not the requested {package} {version}")
-                licenses[package] = meta.get("license")
-        files = {n: {"bytes": (staging / n).stat().st_size,
-                     "sha256": sha256_file(staging / n)} for n in LITERT_FILES}
-        manifest = {"package": "@litertjs/core", "version": version, "integrity": integrity, "license": licenses,
-                    "source": " ".join(f"npm pack {p}@{version}" for p in LITERT_PACKAGES), "files": files}
-        (staging / LITERT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for p in staging.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.chmod(staging, 0o755)
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
+            for package in packages:
+                path = given.get(package.name) or _npm_pack(version, Path(work), npm, timeout_s, package.name)
+                integrity[package.name], licenses[package.name] = _unpack(package, version, path, staging)
+        record = _manifest_record(packages, version, integrity, licenses, staging)
+        (staging / manifest).write_text(json.dumps(record, indent=2) + "\n")
+        _swap_in(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    found = find_litert_js(dest, version=version)
+    found = find(dest, version=version)
     if found is None:  # pragma: no cover - only a concurrent writer gets here
         raise WebRuntimeError(f"{dest}: the runtime files changed while they were written")
     return found
+
+
+def _staging_dir(dest: Path) -> Path:
+    """A new empty folder beside ``dest`` (which must be a folder or nothing yet) to write the runtime into."""
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"{dest}: is a file; the runtime goes into a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write the browser runtime there ({exc.strerror or exc}); "
+                          "pass another folder (--dest)") from None
+
+
+def _unpack(package: NpmPackage, version: str, tarball: Path, staging: Path) -> tuple[str, object]:
+    """Check ``tarball`` (its integrity when ``version`` is the pinned one, then its package.json's name
+    and version) and copy the package's files into ``staging``; return (integrity, license)."""
+    if not tarball.is_file():
+        raise WebRuntimeError(f"{tarball}: no such tarball")
+    integrity = sri_sha512(tarball)
+    if version == package.version and integrity != package.integrity:
+        raise WebRuntimeError(f"{tarball}: sha512 integrity {integrity[:24]}... is not the pinned "
+                              f"{package.name} {version} one ({package.integrity[:24]}...)")
+    meta = _extract_members(tarball, package.files, staging)
+    if meta.get("name") != package.name or meta.get("version") != version:
+        raise WebRuntimeError(f"{tarball}: holds {meta.get('name')} {meta.get('version')!r}, "
+                              f"not the requested {package.name} {version}")
+    return integrity, meta.get("license")
+
+
+def _manifest_record(packages: Sequence[NpmPackage], version: str, integrity: dict[str, str],
+                     licenses: dict[str, object], folder: Path) -> dict[str, object]:
+    """The manifest written beside the runtime's files in ``folder``. A runtime of one package
+    (onnxruntime-web) records its integrity and license as strings; of several (LiteRT.js), by package."""
+    one = packages[0].name if len(packages) == 1 else None
+    names = [n for package in packages for n in package.files.values()]
+    return {"package": packages[0].name, "version": version,
+            "integrity": integrity[one] if one else integrity, "license": licenses[one] if one else licenses,
+            "source": " ".join(f"npm pack {p.name}@{version}" for p in packages),
+            "files": {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in names}}
+
+
+def _swap_in(staging: Path, dest: Path) -> None:
+    """Make the staged files world-readable and rename ``staging`` over ``dest`` (the old folder is removed)."""
+    for p in staging.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(staging, 0o755)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ the installable, offline page
