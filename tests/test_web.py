@@ -22,10 +22,10 @@ from pocketcnn.runtime.web import WebRuntimeError, fetch_ort_web, find_ort_web
 FAKE_VERSION = "0.0.1-test"
 
 
-def fake_tarball(path: Path, version: str = FAKE_VERSION, skip: str | None = None) -> Path:
+def fake_tarball(path: Path, version: str = FAKE_VERSION, skip: str | None = None, name: str = "onnxruntime-web") -> Path:
     """An npm tarball shaped like onnxruntime-web's, with small stand-in files."""
     with tarfile.open(path, "w:gz") as tar:
-        members = {"package/package.json": json.dumps({"name": "onnxruntime-web", "version": version,
+        members = {"package/package.json": json.dumps({"name": name, "version": version,
                                                        "license": "MIT"}).encode(),
                    "package/dist/ort.min.js": b"// not taken"}
         members.update({f"package/dist/{n}": f"// {n}".encode() * 10 for n in web.ORT_WEB_FILES if n != skip})
@@ -74,7 +74,9 @@ def test_fetch_refuses_bad_tarballs(tmp_path):
     (tmp_path / "t.tgz").write_bytes(b"not gzip")
     with pytest.raises(WebRuntimeError, match="not a readable npm tarball"):
         fetch_ort_web(tmp_path / "d", version=FAKE_VERSION, tarball=tmp_path / "t.tgz")
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    with pytest.raises(WebRuntimeError, match="holds left-pad '0.0.1-test', not the requested onnxruntime-web"):
+        fetch_ort_web(tmp_path / "e", version=FAKE_VERSION, tarball=fake_tarball(tmp_path / "w.tgz", name="left-pad"))
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_web_runtime_command(cli_runner, tmp_path):
@@ -240,16 +242,37 @@ def test_fetch_litert_js_from_tarballs(tmp_path):
 def test_web_runtime_command_sorts_tarballs_by_package(cli_runner, tmp_path):
     from pocketcnn.cli.web import web_runtime
 
-    stray = tmp_path / "other.tgz"
-    with tarfile.open(stray, "w:gz") as tar:
-        data = json.dumps({"name": "left-pad", "version": "1.0.0"}).encode()
-        info = tarfile.TarInfo("package/package.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    stray = fake_tarball(tmp_path / "other.tgz", name="left-pad")
     r = cli_runner.invoke(web_runtime, ["--dest", str(tmp_path / "o"), "--tarball", str(stray)])
     assert r.exit_code == 2 and "left-pad" in r.output and "Traceback" not in r.output
     r = cli_runner.invoke(web_runtime, ["--check", "--dest", str(tmp_path / "o"), "--json"])
     assert r.exit_code == 1 and json.loads(r.stdout)["litert.js"]["present"] is False
+
+
+def test_both_runtimes_of_one_folder(tmp_path, monkeypatch):
+    """What web-runtime calls: find_web_runtimes (the --check record) and fetch_web_runtimes (a tarball of
+    another package refused with exit status 2 before anything is fetched)."""
+    import hashlib
+
+    from pocketcnn.fileio import sha256_file
+    from pocketcnn.runtime.web import TarballError, fetch_web_runtimes, find_web_runtimes
+
+    fetch_ort_web(tmp_path / "site" / "ort", version=FAKE_VERSION, tarball=fake_tarball(tmp_path / "ort.tgz"))
+    monkeypatch.setattr(web, "ORT_WEB_VERSION", FAKE_VERSION)
+    found = find_web_runtimes(tmp_path / "site")
+    assert found.ort is not None and found.litert is None and not found.present
+    status = found.to_dict(status=True)
+    assert status["present"] is False and status["onnxruntime-web"] == {"present": True, **found.ort.to_dict()}
+    assert status["litert.js"] == {"present": False, "version": web.LITERT_VERSION,
+                                   "path": str(tmp_path / "site" / "litert")}
+    assert found.to_dict() == {"onnxruntime-web": found.ort.to_dict(), "litert.js": {"path": str(found.litert_path)}}
+    manifest = json.loads((found.ort_path / web.MANIFEST).read_text())
+    for name in web.ORT_WEB_FILES:
+        digest = hashlib.sha256((found.ort_path / name).read_bytes()).hexdigest()
+        assert manifest["files"][name]["sha256"] == sha256_file(found.ort_path / name) == digest
+    with pytest.raises(TarballError, match="holds npm package 'left-pad'") as refused:
+        fetch_web_runtimes(tmp_path / "new", tarballs=[fake_tarball(tmp_path / "x.tgz", name="left-pad")])
+    assert refused.value.exit_code == 2 and not (tmp_path / "new").exists()
 
 
 def test_serve_page_routes(tmp_path):

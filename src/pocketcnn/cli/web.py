@@ -4,9 +4,14 @@ Also runnable before the command is registered: ``python -m pocketcnn.cli.web``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from .common import echo_json, out_console
+
+if TYPE_CHECKING:
+    from ..runtime.web import BrowserRuntimes
 
 
 @click.command("web-runtime")
@@ -29,53 +34,42 @@ def web_runtime(dest, tarball, force, check, as_json) -> None:
     needed once; nothing else is installed, no CDN is used). Without npm, download the
     tarballs elsewhere and pass each with --tarball.
     """
-    from pathlib import Path
-
     from ..errors import PocketCNNError
-    from ..runtime.web import (LITERT_PACKAGES, LITERT_VERSION, ORT_WEB_PACKAGE, ORT_WEB_VERSION, fetch_litert_js,
-                               fetch_ort_web, find_litert_js, find_ort_web, litert_dir, ort_dir, tarball_package)
+    from ..runtime.web import fetch_web_runtimes, find_web_runtimes
 
     from . import UserError
 
-    ort_path = Path(dest) / "ort" if dest else ort_dir()
-    lt_path = Path(dest) / "litert" if dest else litert_dir()
-    if check:
-        ort, lt = find_ort_web(ort_path), find_litert_js(lt_path)
-        if as_json:
-            echo_json({"present": ort is not None and lt is not None,
-                       "onnxruntime-web": {"present": ort is not None, "version": ORT_WEB_VERSION,
-                                           **(ort.to_dict() if ort else {"path": str(ort_path)})},
-                       "litert.js": {"present": lt is not None, "version": LITERT_VERSION,
-                                     **(lt.to_dict() if lt else {"path": str(lt_path)})}})
-        else:
-            for label, found, path in ((f"onnxruntime-web {ORT_WEB_VERSION}", ort, ort_path),
-                                       (f"LiteRT.js {LITERT_VERSION}", lt, lt_path)):
-                out_console.print(f"{label}: {'present in ' if found else 'missing in '}{path}")
-        raise click.exceptions.Exit(0 if ort and lt else 1)
     try:
-        ort_tgz: str | None = None
-        lt_tgz: list[str] = []
-        for t in tarball:
-            name, _ = tarball_package(t)
-            if name == ORT_WEB_PACKAGE:
-                ort_tgz = t
-            elif name in LITERT_PACKAGES:
-                lt_tgz.append(t)
-            else:
-                raise UserError(f"Invalid value for '--tarball': {t} holds npm package {name!r}, not "
-                                f"{ORT_WEB_PACKAGE} or one of {', '.join(LITERT_PACKAGES)}", 2)
-        ort = fetch_ort_web(ort_path, tarball=ort_tgz, force=force)
-        lt = fetch_litert_js(lt_path, tarballs=lt_tgz, force=force)
+        found = find_web_runtimes(dest) if check else fetch_web_runtimes(dest, tarballs=tarball, force=force)
     except PocketCNNError as exc:
         raise UserError(str(exc), getattr(exc, "exit_code", 1)) from None
     if as_json:
-        echo_json({"onnxruntime-web": ort.to_dict(), "litert.js": lt.to_dict()})
-        return
+        echo_json(found.to_dict(status=check))
+    elif check:
+        _print_status(found)
+    else:
+        _print_fetched(found)
+    if check:
+        raise click.exceptions.Exit(0 if found.present else 1)
+
+
+def _print_status(found: BrowserRuntimes) -> None:
+    """``--check``: a line per runtime, present or missing, and where."""
+    from ..runtime.web import LITERT_VERSION, ORT_WEB_VERSION
+
+    for label, runtime, path in ((f"onnxruntime-web {ORT_WEB_VERSION}", found.ort, found.ort_path),
+                                 (f"LiteRT.js {LITERT_VERSION}", found.litert, found.litert_path)):
+        out_console.print(f"{label}: {'present in ' if runtime else 'missing in '}{path}")
+
+
+def _print_fetched(found: BrowserRuntimes) -> None:
+    """After a fetch: a line per runtime, with its folder, files and size."""
+    ort, lt = found.ort, found.litert
+    assert ort is not None and lt is not None  # a fetch returns both or raises
     out_console.print(f"onnxruntime-web {ort.version} in {ort.path}: {len(ort.files)} files, "
                       f"{ort.total_bytes / 1e6:.1f} MB")
     out_console.print(f"LiteRT.js {lt.version} in {lt.path}: {len(lt.files)} files, {lt.total_bytes / 1e6:.1f} MB "
                       f"(a visitor downloads one build: {lt.build_bytes('threaded') / 1e6:.1f} MB threaded)")
-
 
 if __name__ == "__main__":  # pragma: no cover
     web_runtime(prog_name="python -m pocketcnn.cli.web")

@@ -406,6 +406,69 @@ def _swap_in(staging: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ both runtimes of one folder (web-runtime)
+class TarballError(WebRuntimeError):
+    """A tarball given for the runtimes that holds none of their npm packages: a refused command line."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class BrowserRuntimes:
+    """The page's two runtimes: where each goes, and what is there (None: missing)."""
+
+    ort_path: Path
+    litert_path: Path
+    ort: WebRuntime | None
+    litert: LiteRtJs | None
+
+    @property
+    def present(self) -> bool:
+        return self.ort is not None and self.litert is not None
+
+    def to_dict(self, *, status: bool = False) -> dict[str, object]:
+        """Each runtime's record (a missing one: its path); ``status``: also whether each is there and
+        the pinned version (what ``pocketcnn web-runtime --check --json`` prints)."""
+        out: dict[str, object] = {"present": self.present} if status else {}
+        for key, found, path, version in (("onnxruntime-web", self.ort, self.ort_path, ORT_WEB_VERSION),
+                                          ("litert.js", self.litert, self.litert_path, LITERT_VERSION)):
+            record = found.to_dict() if found else {"path": str(path)}
+            out[key] = {"present": found is not None, "version": version, **record} if status else record
+        return out
+
+
+def _runtime_dirs(dest: str | Path | None) -> tuple[Path, Path]:
+    return (Path(dest) / "ort", Path(dest) / "litert") if dest else (ort_dir(), litert_dir())
+
+
+def find_web_runtimes(dest: str | Path | None = None) -> BrowserRuntimes:
+    """What is in ``dest``/ort and ``dest``/litert (default: :func:`ort_dir` and :func:`litert_dir`)."""
+    ort_path, litert_path = _runtime_dirs(dest)
+    return BrowserRuntimes(ort_path, litert_path, find_ort_web(ort_path), find_litert_js(litert_path))
+
+
+def fetch_web_runtimes(dest: str | Path | None = None, *, tarballs: Sequence[str | Path] = (), force: bool = False,
+                       npm: str = "npm", timeout_s: float = 600.0) -> BrowserRuntimes:
+    """:func:`fetch_ort_web` into ``dest``/ort and :func:`fetch_litert_js` into ``dest``/litert (default:
+    the packaged page's folders). ``tarballs``: npm tarballs on disk, each given to its runtime by its
+    package.json; one that holds neither runtime's package is a :class:`TarballError`, before any fetch."""
+    ort_path, litert_path = _runtime_dirs(dest)
+    ort_tarball: str | Path | None = None
+    litert_tarballs: list[str | Path] = []
+    for t in tarballs:
+        name, _ = tarball_package(t)
+        if name == ORT_WEB_PACKAGE:
+            ort_tarball = t
+        elif name in LITERT_PACKAGES:
+            litert_tarballs.append(t)
+        else:
+            raise TarballError(f"Invalid value for '--tarball': {t} holds npm package {name!r}, not "
+                               f"{ORT_WEB_PACKAGE} or one of {', '.join(LITERT_PACKAGES)}")
+    ort = fetch_ort_web(ort_path, tarball=ort_tarball, npm=npm, force=force, timeout_s=timeout_s)
+    litert = fetch_litert_js(litert_path, tarballs=litert_tarballs, npm=npm, force=force, timeout_s=timeout_s)
+    return BrowserRuntimes(ort_path, litert_path, ort, litert)
+
+
 # ------------------------------------------------------------------ the installable, offline page
 OFFLINE_PLAN = "offline.json"  # what the service worker stores, and the cache it stores it in
 WEB_MANIFEST = "manifest.webmanifest"
