@@ -114,8 +114,7 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
     C++ compiler for ``compiled``), and ``ConfigError`` for an INT8 runtime when
     :mod:`pocketcnn.compress.quantize` is missing.
     """
-    from ..export.onnx import export_onnx
-    from ..export.optimize import OnnxRuntimeModule, fold_batchnorm, optimize
+    from ..export.optimize import optimize
 
     workdir = Path(workdir)
     model = model.eval()
@@ -138,24 +137,7 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
     if name == "optimized-torch":
         return Runtime(name, optimize(model, example_input=input_size), RUNTIMES[name])
     if name in ("onnxruntime", "torchvision-onnxruntime", "onnxruntime-int8"):
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            raise RuntimeUnavailable("onnxruntime is not installed") from None
-        export_model = model
-        if name != "torchvision-onnxruntime":
-            export_model = copy.deepcopy(model).eval()
-            fold_batchnorm(export_model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            path = export_onnx(export_model, workdir / f"{tag}{BY_NAME['onnx'].suffix}", input_size=input_size, dynamic_batch=True)
-        note = RUNTIMES.get(name) or REFERENCE_RUNTIMES[name]
-        if name == "onnxruntime-int8":
-            from ..compress import quantize
-            calib = [b.numpy() for b in _calibration(input_size)]
-            path = quantize.quantize_onnx(path, workdir / f"{tag}.int8{BY_NAME['onnx'].suffix}", calib, per_channel=True)
-            note += " (calibrated on random inputs: speed only)"
-        return Runtime(name, OnnxRuntimeModule(path, threads=threads, shards=1, note=note), note)
+        return _onnxruntime_runtime(name, model, input_size, threads, workdir / tag)
     if name == "torch-int8":
         from ..compress import quantize
         qmodel = quantize.quantize_torch(copy.deepcopy(model), _calibration(input_size))
@@ -163,6 +145,34 @@ def build_runtime(name: str, model: nn.Module, *, input_size: tuple[int, int, in
     if name in LITERT_RUNTIMES:
         return _litert_runtime(name, model, input_size, threads, workdir / f"{tag}{BY_NAME['tflite'].suffix}")
     raise ConfigError(f"unknown runtime {name!r}. Valid runtimes: {', '.join([*RUNTIMES, *REFERENCE_RUNTIMES])}")
+
+
+def _onnxruntime_runtime(name: str, model: nn.Module, input_size: tuple[int, int, int], threads: int,
+                         stem: Path) -> Runtime:
+    """One ONNX Runtime session on the model exported to ``stem.onnx``: BN-folded (not torchvision's
+    reference, whose graph ONNX Runtime folds itself), INT8-quantized for ``onnxruntime-int8``."""
+    from ..export.onnx import export_onnx
+    from ..export.optimize import OnnxRuntimeModule, fold_batchnorm
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise RuntimeUnavailable("onnxruntime is not installed") from None
+    export_model = model
+    if name != "torchvision-onnxruntime":
+        export_model = copy.deepcopy(model).eval()
+        fold_batchnorm(export_model)
+    suffix = BY_NAME["onnx"].suffix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_onnx(export_model, Path(f"{stem}{suffix}"), input_size=input_size, dynamic_batch=True)
+    note = RUNTIMES.get(name) or REFERENCE_RUNTIMES[name]
+    if name == "onnxruntime-int8":
+        from ..compress import quantize
+        calib = [b.numpy() for b in _calibration(input_size)]
+        path = quantize.quantize_onnx(path, Path(f"{stem}.int8{suffix}"), calib, per_channel=True)
+        note += " (calibrated on random inputs: speed only)"
+    return Runtime(name, OnnxRuntimeModule(path, threads=threads, shards=1, note=note), note)
 
 
 def _litert_runtime(name: str, model: nn.Module, input_size: tuple[int, int, int], threads: int, path: Path) -> Runtime:
