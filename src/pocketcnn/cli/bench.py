@@ -5,15 +5,17 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..validate import check_int
 from .common import ModelName, echo_json, err_console, out_console
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
+    """``"1,32"`` -> ``(1, 32)``; anything but positive integers is a usage error naming the value."""
     try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
+        sizes = tuple(check_int("batch size", int(v)) for v in value.split(",") if v.strip())
+    except ValueError:  # not an integer, or one below 1 (check_int's ConfigError is a ValueError)
         sizes = ()
-    if not sizes or min(sizes) < 1:
+    if not sizes:
         raise click.BadParameter(f"expected positive integers separated by commas, received {value!r}")
     return sizes
 
@@ -45,12 +47,31 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
     Every record with --reference carries its speed ratio to torchvision's model measured
     in the same run (vs_torchvision_eager, vs_torchvision_onnxruntime).
     """
-    from ..bench import BenchConfig, default_runtimes, run_benchmark
-    from ..workflows.plots import bench_chart
+    from ..bench import BenchConfig, default_runtimes
 
     config = BenchConfig(models=tuple(names), runtimes=runtimes if runtimes is not None else default_runtimes(),
                          batch_sizes=batch_sizes, threads=threads, input_size=input_size, reference=reference,
                          quick=quick)
+    report = _run_with_progress_bar(config)
+    if plot:
+        from ..workflows.plots import bench_chart
+
+        bench_chart(report.results, plot)
+    for line in report.skipped:
+        err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
+    if as_json:
+        echo_json(report.to_records())
+        return
+    out_console.print(_table(report))
+    notes = {r.runtime: r.note for r in report.results if r.note}
+    for rt, note in notes.items():
+        err_console.print(f"[dim]{rt}: {note}[/dim]", highlight=False)
+
+
+def _run_with_progress_bar(config):
+    """:func:`pocketcnn.bench.run_benchmark` with a progress bar on stderr when it is a terminal."""
+    from ..bench import run_benchmark
+
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=True,
                   disable=not err_console.is_terminal) as bar:
@@ -59,16 +80,13 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
         def progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=label)
 
-        report = run_benchmark(config, progress=progress)
-    if plot:
-        bench_chart(report.results, plot)
-    for line in report.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
-    if as_json:
-        echo_json(report.to_records())
-        return
+        return run_benchmark(config, progress=progress)
+
+
+def _table(report) -> Table:
+    """One row per record, under the CPU and the matmul peak; ratio columns when references were measured."""
     table = Table("model", "runtime", "batch", "median ms", "min ms", "img/s", "peak MB", "GFLOP/s", "% peak",
-                  title=f"{report.cpu.summary()}\n{config.threads} thread(s); fp32 matmul peak "
+                  title=f"{report.cpu.summary()}\n{report.threads} thread(s); fp32 matmul peak "
                         f"{report.peak_gflops:.0f} GFLOP/s")
     with_ref = any(r.vs_torchvision_eager or r.vs_torchvision_onnxruntime for r in report.results)
     if with_ref:
@@ -81,7 +99,4 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
         if with_ref:
             row += [_fmt(r.vs_torchvision_eager, ".2f", "x"), _fmt(r.vs_torchvision_onnxruntime, ".2f", "x")]
         table.add_row(*row)
-    out_console.print(table)
-    notes = {r.runtime: r.note for r in report.results if r.note}
-    for rt, note in notes.items():
-        err_console.print(f"[dim]{rt}: {note}[/dim]", highlight=False)
+    return table
