@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..validate import check_int
 from ..runtime.onnx import ort_session
 
@@ -113,11 +113,8 @@ class OnnxRuntimeModule(nn.Module):
                  min_shard: int = 1, micro_batch: int | None = None, note: str = "") -> None:
         super().__init__()
         threads = _check_threads(threads)
-        if not isinstance(shards, int) or shards < 1 or shards > threads:
-            raise ConfigError(f"shards must be an integer in [1, threads={threads}], received shards={shards!r}")
-        if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
-            raise ConfigError(f"micro_batch must be a positive integer or None, received micro_batch={micro_batch!r}")
-        self.micro_batch = micro_batch
+        check_int("shards", shards, 1, threads)  # at most one single-thread session per thread
+        self.micro_batch = check_int("micro_batch", micro_batch, optional=True)
         data = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.session = ort_session(data, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
@@ -196,31 +193,16 @@ def optimize(model: nn.Module, *, example_input: torch.Tensor | Sequence[int] | 
     threads (default ``torch.get_num_threads()``); batches are split across ``shards``
     single-thread sessions (default: one per thread). ``channels_last``, ``freeze`` and
     ``compile`` do not apply. ``backend="auto"`` picks ONNX Runtime for a CPU model when
-    it is installed (the fastest fp32 path measured on CPU), else ``"torch"``.
+    it is installed (the fastest fp32 path on CPU: docs/speed.md, "How the fp32 path was
+    chosen"), else ``"torch"``.
 
-    Either way the outputs equal the eval-mode original's within float rounding (about
-    1e-6). ``example_input`` (a tensor or a ``(C, H, W)`` size) is what tracing or export
+    Either way the outputs equal the eval-mode original's within float rounding
+    (tests/test_optimize.py holds them to 1e-4). ``example_input`` (a tensor or a ``(C, H, W)`` size) is what tracing or export
     runs; by default zeros of the model's registered input size. Run a torch result under
     ``torch.inference_mode()`` for the best speed.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"optimize needs an nn.Module, received {type(model).__name__}")
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ConfigError("optimize needs an eager nn.Module, received a ScriptModule (already frozen?)")
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, received backend={backend!r}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    requested = backend
-    if backend == "auto":
-        backend = "onnxruntime" if device.type == "cpu" and _onnxruntime_available() else "torch"
-    if backend == "onnxruntime" and compile:
-        raise ConfigError("compile=True needs backend='torch', received backend='onnxruntime'")
-    if requested == "torch" and (threads is not None or shards is not None):
-        raise ConfigError("threads and shards apply to backend='onnxruntime' only "
-                          f"(torch uses torch.set_num_threads), received threads={threads!r}, shards={shards!r}")
+    backend, device = _backend_and_device(model, backend, compile=compile, threads=threads, shards=shards)
     example = example_batch(model, example_input).to(device)
-
     out = copy.deepcopy(model).eval()
     for p in out.parameters():
         p.requires_grad_(False)
@@ -234,15 +216,39 @@ def optimize(model: nn.Module, *, example_input: torch.Tensor | Sequence[int] | 
         try:
             return torch.compile(out, dynamic=False)  # type: ignore[return-value]
         except Exception as exc:  # noqa: BLE001 - any backend failure becomes a user-facing message
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"torch.compile is not available here: {first[:200]}") from None
-    if freeze:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript announces its deprecation
-            try:
-                traced = torch.jit.trace(out, example, check_trace=False)
-            except RuntimeError as exc:
-                raise ConfigError(f"example_input of shape {list(example.shape)} does not fit the model: "
-                                  f"{str(exc).strip().splitlines()[0][:200]}") from None
-            out = torch.jit.freeze(traced)
-    return out
+            raise ConfigError(f"torch.compile is not available here: {first_line(exc, 200)}") from None
+    return _freeze(out, example) if freeze else out
+
+
+def _backend_and_device(model: nn.Module, backend: str, *, compile: bool, threads: int | None,
+                        shards: int | None) -> tuple[str, torch.device]:
+    """Check :func:`optimize`'s arguments; the backend it runs (``"auto"`` resolved) and ``model``'s device."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"optimize needs an nn.Module, received {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError("optimize needs an eager nn.Module, received a ScriptModule (already frozen?)")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, received backend={backend!r}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    resolved = backend
+    if backend == "auto":
+        resolved = "onnxruntime" if device.type == "cpu" and _onnxruntime_available() else "torch"
+    if resolved == "onnxruntime" and compile:
+        raise ConfigError("compile=True needs backend='torch', received backend='onnxruntime'")
+    if backend == "torch" and (threads is not None or shards is not None):
+        raise ConfigError("threads and shards apply to backend='onnxruntime' only "
+                          f"(torch uses torch.set_num_threads), received threads={threads!r}, shards={shards!r}")
+    return resolved, device
+
+
+def _freeze(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``torch.jit.freeze(torch.jit.trace(model, example))``; an example that does not fit is a ``ConfigError``."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript announces its deprecation
+        try:
+            traced = torch.jit.trace(model, example, check_trace=False)
+        except RuntimeError as exc:
+            raise ConfigError(f"example_input of shape {list(example.shape)} does not fit the model: "
+                              f"{first_line(exc, 200)}") from None
+        return torch.jit.freeze(traced)
