@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..validate import check_number
 from .registry import Weights, register_model
 from .layers import ClassifierMixin
 
@@ -27,10 +27,9 @@ class AlexNet(ClassifierMixin, nn.Module):
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5,
                  small_input: bool = False) -> None:
         super().__init__()
-        # measured: the smallest side that leaves the last max-pool a non-empty map
+        # the smallest side that leaves the last max-pool a non-empty map (set by the kernels and strides)
         self.min_input_size, self.small_input_min = (15 if small_input else 63), 15
-        if not 0.0 <= drop_rate < 1.0:
-            raise ConfigError(f"drop_rate must be in [0, 1), received drop_rate={drop_rate!r}")
+        check_number("drop_rate", drop_rate, 0, 1, high_open=True)
         layers: list[nn.Module] = []
         ch = in_chans
         for i, (out, k, s, p, pool) in enumerate(CONVS):
@@ -59,16 +58,15 @@ class AlexNet(ClassifierMixin, nn.Module):
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 256, h, w) -> (N, num_classes)``; the head holds 94% of the weights."""
+        """``(N, 256, h, w) -> (N, num_classes)``; the head holds 96% of the weights."""
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
 # Training recipe for small images (TrainConfig fields; the CLI's flags override them). No batch
-# norm: Adam keeps the deep plain stack moving. bf16 autocast where the CPU has it ("auto"):
-# 1.36x faster at the same accuracy (10,000 Fashion-MNIST images x 3 epochs: 78.55 / 78.35% top-1).
+# norm: Adam keeps the deep plain stack moving. bf16 autocast where the CPU has it ("auto"): faster
+# at the same accuracy (docs/training.md, "Mixed precision (AMP)").
 RECIPE = {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.05, "amp": "auto", "model_kwargs": {"drop_rate": 0.5}}
-# A run of 1-2 epochs learns faster at a higher peak: 15,000 Fashion-MNIST images x 1 epoch at batch 64
-# reached 77.85% at 2e-4, 80.1% at 6e-4 and 80.3% at 1.2e-3 (2,000 test images; no dropout instead: 77.55%).
+# A run of 1-2 epochs learns faster at a higher peak (measured: docs/training.md, "Recipes and settings").
 SHORT_RECIPE = {"lr": 1e-3}
 
 

@@ -40,12 +40,10 @@ def fire_widths(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq:
     ``e_i = base_e + incr_e * floor(i / freq)``, ``s_i = squeeze_ratio * e_i``,
     ``e3x3_i = pct3x3 * e_i``. The defaults give SqueezeNet 1.0 exactly.
     """
-    if not 0.0 <= pct3x3 <= 1.0:
-        raise ConfigError(f"pct3x3 must be in [0, 1], received pct3x3={pct3x3!r}")
+    check_number("pct3x3", pct3x3, 0, 1)
     for name, value in (("base_e", base_e), ("freq", freq), ("squeeze_ratio", squeeze_ratio)):
         check_number(name, value, 0, low_open=True)
-    if incr_e < 0:
-        raise ConfigError(f"incr_e must be >= 0, received incr_e={incr_e!r}")
+    check_number("incr_e", incr_e, 0)
     widths = []
     for i in range(n):
         e = base_e + incr_e * (i // freq)
@@ -91,8 +89,8 @@ class SqueezeNet(ClassifierMixin, nn.Module):
 
     ``final_relu=False`` drops the ReLU after conv10 (no parameters change). With the ReLU, a
     class whose conv10 channel goes negative on every input outputs 0 forever and receives no
-    gradient: with few classes one dead channel costs a tenth of the accuracy (Fashion-MNIST
-    runs of 3 epochs lost the "Bag" class entirely). The default keeps the paper's network.
+    gradient: with few classes one dead channel loses a whole class (docs/models.md, "Model
+    keywords"). The default keeps the paper's network.
     """
 
     def __init__(self, version: str = "1_0", *, num_classes: int = 1000, in_chans: int = 3,
@@ -105,10 +103,9 @@ class SqueezeNet(ClassifierMixin, nn.Module):
             raise ConfigError(f"version must be one of {sorted(VERSIONS)}, received version={version!r}")
         if bypass not in BYPASS_MODES:
             raise ConfigError(f"bypass must be one of None, 'simple', 'complex', received bypass={bypass!r}")
-        if not 0.0 <= drop_rate < 1.0:
-            raise ConfigError(f"drop_rate must be in [0, 1), received drop_rate={drop_rate!r}")
+        check_number("drop_rate", drop_rate, 0, 1, high_open=True)
         stem = VERSIONS[version]
-        # measured: the smallest side that leaves the last max-pool a non-empty map
+        # the smallest side that leaves the last max-pool a non-empty map (set by the kernels and strides)
         self.min_input_size = 8 if small_input else {"1_0": 21, "1_1": 17}[version]
         self.small_input_min = 8
         kernel, stride = (3, 1) if small_input else (stem.kernel, 2)
@@ -166,13 +163,12 @@ class SqueezeNet(ClassifierMixin, nn.Module):
 _PAPER = "Iandola et al., SqueezeNet (arXiv:1602.07360)"
 
 
-# Training recipe for small images (TrainConfig fields; the CLI's flags override them).
-# SqueezeNet (no batch norm) starts slowly and erratically: batch 64 (twice the steps) gave
-# 70.3-79.6% top-1 over five (subset, seed) draws of 10,000-12,000 Fashion-MNIST images x 3 epochs
-# where batch 128 gave 58.2-75.9% (mean 76.9 vs 64.9). Without the ReLU after conv10 no class
-# channel can die (one did: "Bag" at 0%): 75.0-79.2% vs 66.9-79.0% over four draws of 8,000-12,000
-# images (mean 77.3 vs 73.5). Its final ReLU dies at lr >= 3e-3. bf16 autocast where the CPU has it
-# ("auto"): 1.8x faster at the same accuracy (squeezenet1_1 74.5 / 75.1%, squeezenet1_0 74.65 / 73.9%).
+# Training recipe for small images (TrainConfig fields; the CLI's flags override them); the runs behind
+# each choice are in the docs. SqueezeNet (no batch norm) starts slowly and erratically, so it takes
+# batch 64, twice the steps (docs/results/fashion-mnist.md). Without the ReLU after conv10 no class
+# channel can die (docs/models.md, "Model keywords"); its final ReLU dies at higher learning rates.
+# bf16 autocast where the CPU has it ("auto"): faster at the same accuracy (docs/training.md,
+# "Mixed precision (AMP)").
 RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "amp": "auto", "batch_size": 64,
           "model_kwargs": {"drop_rate": 0.2, "final_relu": False}}
 
