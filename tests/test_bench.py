@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import pocketcnn
-from pocketcnn.bench import (RECORD_KEYS, BenchResult, build_runtime, matmul_peak_gflops, measure, measure_many,
+from pocketcnn.bench import (RECORD_KEYS, BenchConfig, BenchResult, build_runtime, matmul_peak_gflops, measure, measure_many,
                              parse_runtimes)
 from pocketcnn.bench.run import _with_ratios
 from pocketcnn.bench.cpu import cpu_info
@@ -55,6 +55,13 @@ def test_measure_rejects_bad_arguments():
         measure(lambda x: x, input_size=[3, 32])
     with pytest.raises(ConfigError, match="threads=-1"):
         measure(lambda x: x, threads=-1)
+
+
+def test_bench_config_names_a_bad_batch_size():
+    with pytest.raises(ConfigError, match=r"batch_sizes\[1\]=0"):
+        BenchConfig(models=("squeezenet1_1",), batch_sizes=(1, 0))
+    with pytest.raises(ConfigError, match=r"received \[\]"):
+        BenchConfig(models=("squeezenet1_1",), batch_sizes=())
 
 
 def test_matmul_peak_is_positive():
