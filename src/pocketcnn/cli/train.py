@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -81,16 +80,6 @@ def _relaunch_args(ctx: click.Context) -> list[str]:
         else:
             args += [p.opts[0], str(value)]
     return args
-
-
-def next_free_folder(base: Path) -> Path:
-    """``base-2``, ``base-3``, ...: the first that does not hold a training run."""
-    from ..train.engine import existing_run
-
-    n = 2
-    while existing_run(base.with_name(f"{base.name}-{n}")):
-        n += 1
-    return base.with_name(f"{base.name}-{n}")
 
 
 def _launch(ctx: click.Context, nproc: int, max_restarts: int, out: str | None = None) -> None:
@@ -175,46 +164,41 @@ def train(ctx: click.Context, **params) -> None:
     explicit --out that holds one is refused unless --force (or --resume to continue it).
     """
     from ..artifacts.checkpoint import load_checkpoint
-    from ..workflows.plots import learning_curves
-    from ..train.engine import existing_run, fit, refuse_earlier_run
+    from ..workflows.train import plan_run, train_run
 
     given = {k for k in params if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     saved = load_checkpoint(params["resume"]).get("config", {}) if params["resume"] else None
     cfg = build_config(params, given, saved)
     file_cfg = load_config_file(params["config"]) if params["config"] else {}
-    if not params["resume"] and not params["force"] and "WORLD_SIZE" not in os.environ:
-        if cfg.out is None and existing_run(cfg.out_dir):
-            earlier = cfg.out_dir
-            cfg = cfg.replace(out=str(next_free_folder(earlier)))
-            click.echo(f"{earlier} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR --force to "
-                       "replace a run)", err=True)
-        refuse_earlier_run(cfg.out_dir)  # before anything is printed: a refusal is one line
-    preface = []  # printed once the run is set up: a refusal before that stays one line
-    if saved is None:  # the short-run rule (a resumed run keeps the decision it recorded)
-        from ..train.data_prep import train_image_count
-
-        run = cfg.decide_run_length(train_image_count(cfg), fixed={*given, *file_cfg})
-        preface = [run.note()] if run.changed or not params["quiet"] else []
-        cfg = run.config
+    rank0 = os.environ.get("RANK", "0") == "0"
+    plan = plan_run(cfg, fixed={*given, *file_cfg}, resuming=saved is not None, overwrite=params["force"],
+                    worker="WORLD_SIZE" in os.environ, verbose=not params["quiet"])
+    cfg = plan.config
+    if plan.moved_from is not None:
+        click.echo(f"{plan.moved_from} holds an earlier run; this one writes to {cfg.out_dir} (pass --out DIR "
+                   "--force to replace a run)", err=True)
     if params["nproc"] > 1 and "WORLD_SIZE" not in os.environ:
         _launch(ctx, params["nproc"], params["max_restarts"], out=cfg.out)
         return
-    rank0 = os.environ.get("RANK", "0") == "0"
-    changes = config_changes(saved, cfg) if saved is not None else []
-    if rank0 and changes:  # allowed (e.g. more epochs on purpose), but the run is no longer the one saved
-        click.echo(f"warning: resuming {params['resume']} with " + ", ".join(
-            f"{f}={new!r} (was {old!r})" for f, old, new in changes) +
-            "; the run continues under the new settings (a changed schedule changes the learning rate "
-            "from the next step on)", err=True)
+    if rank0 and saved is not None:
+        _warn_changes(params["resume"], config_changes(saved, cfg))
     show = rank0 and not params["quiet"] and err_console.is_terminal
-    result = fit(cfg, RichProgress(show, verbose=rank0 and not params["quiet"], preface=preface if rank0 else ()),
-                 resume=params["resume"],
-                 overwrite=params["force"])
+    progress = RichProgress(show, verbose=rank0 and not params["quiet"], preface=plan.notes if rank0 else ())
+    result = train_run(cfg, progress, resume=params["resume"], overwrite=params["force"], curves=rank0)
     if not rank0:
         return
-    learning_curves({result.model: result.metrics}, cfg.out_dir / "curves.png")
     if params["as_json"]:
         echo_json(result.to_dict())
     else:
         click.echo(f"{result.model}: best top-1 {result.best_top1:.2f}%, final {result.final_top1:.2f}% after "
                    f"{result.epochs} epochs in {result.wall_seconds:.0f}s; checkpoint {result.checkpoint}")
+
+
+def _warn_changes(resume: str, changes: list) -> None:
+    """Resuming under changed settings is allowed (e.g. more epochs on purpose), but the run is no longer
+    the one saved: say so, field by field."""
+    if changes:
+        click.echo(f"warning: resuming {resume} with " + ", ".join(
+            f"{f}={new!r} (was {old!r})" for f, old, new in changes) +
+            "; the run continues under the new settings (a changed schedule changes the learning rate "
+            "from the next step on)", err=True)
