@@ -140,7 +140,7 @@ def test_config_validation(tiny_data, tmp_path):
         cfg(tiny_data, tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match="amp must be true, false or \"auto\", received amp='yes'"):
         cfg(tiny_data, tmp_path, amp="yes")
-    with pytest.raises(ConfigError, match=r"erase_prob must be in \[0, 1\], received erase_prob=1.5"):
+    with pytest.raises(ConfigError, match=r"erase_prob must be a number in \[0, 1\], received erase_prob=1.5"):
         cfg(tiny_data, tmp_path, erase_prob=1.5)
 
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, close_matches
-from ..validate import check_int
+from ..validate import check_int, check_number
 from .spec import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DataSpec
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -172,8 +172,7 @@ def split_balanced(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Da
     """``(train, held out)``: ``round(fraction * n_c)`` random images of each class ``c`` (at least one
     when the class has two or more) are held out. Deterministic for a given ``seed``; both keep
     the data set's order."""
-    if not 0 < fraction < 1:
-        raise DataError(f"the held-out share must be in (0, 1), received {fraction!r}")
+    check_number("fraction", fraction, 0, 1, low_open=True, high_open=True, error=DataError)
     targets = torch.as_tensor(dataset.targets, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     held = []

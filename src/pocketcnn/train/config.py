@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, close_matches
+from ..validate import check_int, check_number
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "constant")
@@ -78,36 +79,24 @@ class TrainConfig:
         for a in self.augment:
             _choice("augment", a, AUGMENTS + ("none",))
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, received {name}={v!r}")
+            check_int(name, getattr(self, name))
         for name in ("train_samples", "test_samples", "input_size"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ConfigError(f"{name} must be a positive integer, received {name}={v!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, received lr={self.lr!r}")
-        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
-            raise ConfigError(
-                f"need weight_decay >= 0, 0 <= label_smoothing < 1, warmup_epochs >= 0; received "
-                f"weight_decay={self.weight_decay}, label_smoothing={self.label_smoothing}, warmup_epochs={self.warmup_epochs}"
-            )
+            check_int(name, getattr(self, name), optional=True)
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        check_number("warmup_epochs", self.warmup_epochs, 0)
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise ConfigError(f"amp must be true, false or \"auto\", received amp={self.amp!r}")
-        if not (isinstance(self.erase_prob, (int, float)) and 0 <= self.erase_prob <= 1):
-            raise ConfigError(f"erase_prob must be in [0, 1], received erase_prob={self.erase_prob!r}")
-        if not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in (0, 1), received ema_decay={self.ema_decay!r}")
+        check_number("erase_prob", self.erase_prob, 0, 1)
+        check_number("ema_decay", self.ema_decay, 0, 1, low_open=True, high_open=True)
         _choice("freeze", self.freeze, FREEZE)
         _choice("short_run", self.short_run, SHORT_RUN)
-        if not (isinstance(self.lr_features, (int, float)) and self.lr_features >= 0):
-            raise ConfigError(f"lr_features must be a number >= 0, received lr_features={self.lr_features!r}")
-        if self.val_split is not None and not (isinstance(self.val_split, (int, float)) and 0 < self.val_split < 1):
-            raise ConfigError(f"val_split must be in (0, 1), received val_split={self.val_split!r}")
+        check_number("lr_features", self.lr_features, 0)
+        check_number("val_split", self.val_split, 0, 1, low_open=True, high_open=True, optional=True)
         if self.freeze != "none" and self.weights is None:
             raise ConfigError(f"freeze={self.freeze!r} keeps pretrained features: it needs weights (--weights)")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, received workers={self.workers!r}")
+        check_int("workers", self.workers, 0)
 
     @property
     def out_dir(self) -> Path:
