@@ -146,18 +146,23 @@ class _Reporter:
         self.bar = None
 
     def __enter__(self) -> _Reporter:
-        if self.tty:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                console=err_console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("classifying")
         return self
+
+    def _start_bar(self) -> None:
+        """The live line, from the first batch on: its refresh thread starts after the workers (which
+        fork from a process with one thread, see workflows.batch)."""
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=err_console, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("classifying")
 
     def __call__(self, p) -> None:
         rate = p.done / p.seconds if p.seconds > 0 else 0.0
         text = f"{p.done:,} images, {rate:,.0f} images/s, {p.failed:,} failed"
+        if self.tty and self.bar is None:
+            self._start_bar()
         if self.bar is not None:
             self.bar.update(self.task, description=text)
         elif p.done >= self.next_line:
