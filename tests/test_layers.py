@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pocketcnn"
 
 # unit (first path component under pocketcnn/, without .py) -> layer
 LAYERS = {
-    "errors": 0, "fileio": 0, "lazy": 0, "validate": 0,
+    "errors": 0, "fileio": 0, "lazy": 0, "validate": 0, "envvars": 0,
     "models": 1, "data": 1,
     "artifacts": 2,
     "train": 3, "compress": 3, "export": 3, "runtime": 3,
@@ -23,7 +23,8 @@ LAYERS = {
     "cli": 5, "__main__": 5, "__init__": 5,
 }
 # modules that must import neither torch nor torchvision at module level (the light install runs them)
-TORCH_FREE = ["errors", "fileio", "lazy", "validate", "data/spec.py", "data/__init__.py", "artifacts/__init__.py", "artifacts/metadata.py",
+TORCH_FREE = ["errors", "fileio", "lazy", "validate", "envvars",
+              "data/spec.py", "data/__init__.py", "artifacts/__init__.py", "artifacts/metadata.py",
               "runtime/__init__.py", "runtime/images.py", "runtime/onnx.py", "runtime/predictor.py", "runtime/loader.py",
               "runtime/litert.py", "workflows/predict.py", "serve", "runtime/web.py", "__init__.py", "__main__.py",
               # every command module (--help works without torch), and what their options list

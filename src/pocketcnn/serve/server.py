@@ -9,7 +9,6 @@ requests in flight are answered, then the process exits; after SIGTERM with stat
 """
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import tempfile
@@ -17,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..envvars import environ
 from ..validate import check_int
 from .settings import ServeSettings
 
@@ -37,20 +37,6 @@ def _sigterm_exits_zero() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -76,7 +62,7 @@ def run_server(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 
         open_model(settings.model_path, threads=1)  # fail in one line before starting workers
         prom_dir = tempfile.mkdtemp(prefix="pocketcnn-prometheus-")
         try:
-            with _environ({**settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": prom_dir}):
+            with environ({**settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": prom_dir}):
                 uvicorn.run(FACTORY, factory=True, workers=workers, lifespan="on", **common)
         finally:
             shutil.rmtree(prom_dir, ignore_errors=True)
