@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from ..data.spec import DATASETS
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, first_line
 from ..train.config import (AUGMENTS, DEVICES, FREEZE, OPTIMIZERS, SCHEDULES, TrainConfig, config_changes, load_config_file,
                             recipe)
 from .common import ModelName, RichProgress, echo_json, err_console
@@ -99,7 +99,7 @@ def _launch(ctx: click.Context, nproc: int, max_restarts: int, out: str | None =
         run(get_args_parser().parse_args(argv))
     except ChildFailedError as exc:
         first = next(iter(exc.failures.values()), None)
-        why = f"rank {first.local_rank} exited with code {first.exitcode}" if first else str(exc).splitlines()[0]
+        why = f"rank {first.local_rank} exited with code {first.exitcode}" if first else first_line(exc)
         raise TrainingError(f"distributed training failed: {why} (checkpoints in the output folder are intact)") from None
 
 
