@@ -25,13 +25,11 @@ from typing import Any
 
 from ..artifacts.formats import BY_NAME, EXPORT_FORMATS, format_of
 from ..artifacts.source import ModelSource
-from ..errors import ConfigError, DataError, ExportError, OutputError
+from ..errors import ConfigError, ExportError, OutputError
 from ..validate import check_int
 from ..fileio import check_output, check_writable_dir
+from .tflite import CALIB_SAMPLES, TEST_SAMPLES
 from .verify import ATOL, Verification, verification_inputs, verify_export
-
-CALIB_SAMPLES = 512
-TEST_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,8 @@ def export_model(source: ModelSource, path: str | Path, *, format: str = "onnx",
     if format == "web":  # a folder: export_web checks, verifies and renames it into place itself
         from .web import export_web
 
-        return export_web(source, path, opset=opset, verify_n=verify_n, data_dir=data_dir, atol=atol)
+        return export_web(source, path, opset=opset, verify_n=verify_n, data_dir=data_dir, atol=atol,
+                          calib={"calib_data": calib_data, "calib_samples": calib_samples, "test_samples": test_samples})
     if calib_data is not None and not int8:
         raise ConfigError(f"calib_data (--calib-data) applies to int8 export, received calib_data={calib_data!r} "
                           "without int8=True (--int8)")
@@ -148,26 +147,16 @@ def _check_options(format: str, dynamic_batch: bool, int8: bool, precision: str 
 def _tflite_int8(source: ModelSource, pending: Path, meta: dict[str, Any], data_dir: Any, calib_data: str | None,
                  calib_samples: int, test_samples: int | None) -> tuple[Any, float]:
     """Calibrate on real images, write the int8 file, score it on the test split: (check, export seconds)."""
-    from ..data.spec import DATASETS
-    from ..data.transforms import load_images
-    from .tflite import export_tflite, verify_int8
+    from .tflite import export_tflite, int8_images, verify_int8
 
-    name = calib_data or source.data.name
-    if name not in DATASETS:
-        raise ConfigError(f"int8 calibration needs real images: no local reader for data set {name!r}; pass "
-                          f"calib_data (--calib-data) as one of {', '.join(DATASETS)}")
-    try:
-        calib, _ = load_images(name, "train", calib_samples, source.data, data_dir, seed=1)
-        test_x, test_y = load_images(name, "test", test_samples, source.data, data_dir, seed=0)
-    except (DataError, OSError) as exc:
-        raise DataError(f"int8 calibration needs {name} images on this machine: {exc}") from None
+    images = int8_images(source.data, data_dir, calib_data=calib_data, calib_samples=calib_samples,
+                         test_samples=test_samples)
     t0 = time.perf_counter()
-    desc = f"{len(calib)} {name} train images"
-    export_tflite(source.model, pending, input_size=source.input_size, metadata=meta,
-                  calib_batches=[calib[i:i + 32] for i in range(0, len(calib), 32)], calibration=desc)
+    export_tflite(source.model, pending, input_size=source.input_size, metadata=meta, calib_batches=images.batches(),
+                  calibration=images.calibration)
     seconds = time.perf_counter() - t0
-    check = verify_int8(pending, source.model, test_x, test_y, inputs_desc=f"{len(test_x)} {name} test images",
-                        calibration=desc)
+    check = verify_int8(pending, source.model, images.test_x, images.test_y, inputs_desc=images.inputs,
+                        calibration=images.calibration)
     return check, seconds
 
 

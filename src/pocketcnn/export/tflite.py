@@ -10,6 +10,12 @@
   ``QuantConfig(pt2e_quantizer=...)``: a full-integer file whose input and output are int8
   tensors with their scale and zero point (:class:`~pocketcnn.runtime.litert.LiteRtRunner`
   converts). :func:`verify_int8` scores it against the fp32 model on the test split.
+  ``interface="float32"`` (what the browser page ships, :func:`int8_interface`): the same
+  int8 graph behind a QUANTIZE op at its input and a DEQUANTIZE op at its output, so that it
+  takes and gives float32 like the fp32 file: LiteRT.js 2.5.3 refuses int8 input tensors
+  ("Element type INT8 is not supported"; its JavaScript tensors are float32, int32 or uint8).
+  Either way the metadata's ``quantization`` records the int8 tensors' ``scale`` and
+  ``zero_point`` (``input``, ``output``) and the file's ``interface``.
 
 The metadata is a TFLite metadata entry (:func:`~pocketcnn.runtime.litert.add_tflite_metadata`).
 """
@@ -22,21 +28,27 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError, ExportError, MissingDependencyError, first_line
+from ..errors import ConfigError, DataError, ExportError, MissingDependencyError, first_line
 from ..fileio import atomic_write_bytes
 from ..runtime.litert import INSTALL, add_tflite_metadata, quiet_native_logs
+
+if TYPE_CHECKING:
+    from ..data.spec import DataSpec
 
 LAYOUT = "NHWC"
 MAX_DROP = 2.0  # top-1 points an int8 file may lose before the export warns
 QUANT_SCHEME = "PT2E static int8: activations per tensor (histogram), weights symmetric per channel"
+INTERFACES = ("int8", "float32")  # an int8 file's input and output tensors: int8, or float32 (QUANTIZE/DEQUANTIZE inside)
+CALIB_SAMPLES = 512  # balanced training images the int8 observers see
+TEST_SAMPLES = 2000  # balanced test images an int8 file is scored on
 
 
 class ChannelsLastInput(nn.Module):
@@ -103,14 +115,17 @@ def quiet_converter() -> Iterator[None]:
 
 def export_tflite(model: nn.Module, path: str | Path, *, input_size: tuple[int, int, int],
                   metadata: Mapping[str, Any] | None = None, calib_batches: Sequence[torch.Tensor] | None = None,
-                  calibration: str = "") -> Path:
+                  calibration: str = "", interface: str = "int8") -> Path:
     """Convert ``model`` to a ``.tflite`` file with an NHWC batch-1 input; int8 when ``calib_batches`` are given.
 
     ``calib_batches``: normalized float32 ``(N, C, H, W)`` batches the int8 observers see;
-    ``calibration`` describes them in the metadata. Missing litert-torch is a
-    MissingDependencyError naming the extra; an operator the converter refuses is an
-    ExportError naming the layer that uses it.
+    ``calibration`` describes them in the metadata; ``interface``: an int8 file's input and
+    output tensors, ``"int8"`` (full integer) or ``"float32"`` (see the module docstring).
+    Missing litert-torch is a MissingDependencyError naming the extra; an operator the
+    converter refuses is an ExportError naming the layer that uses it.
     """
+    if interface not in INTERFACES:
+        raise ConfigError(f"interface must be one of {', '.join(INTERFACES)}, received interface={interface!r}")
     c, h, w = input_size
     net = ChannelsLastInput(copy.deepcopy(model).eval().cpu()).eval()
     example = torch.zeros(1, h, w, c)
@@ -126,6 +141,9 @@ def export_tflite(model: nn.Module, path: str | Path, *, input_size: tuple[int, 
                 edge = litert_torch.convert(quantized, (example,), quant_config=config)
                 meta["quantization"] = {"scheme": QUANT_SCHEME, "calibration": calibration, "converter": "litert-torch"}
             content = edge.model_content()
+            if calib_batches is not None:
+                content, io = int8_interface(content, float_io=interface == "float32")
+                meta["quantization"].update(io)
     except (MissingDependencyError, DataError):
         raise
     except Exception as exc:  # the converter raises many types; the user needs one line
@@ -155,6 +173,116 @@ def _pt2e_int8(net: nn.Module, example: torch.Tensor, calib_batches: Sequence[to
     converted = convert_pt2e(prepared, fold_quantize=False)
     move_exported_model_to_eval(converted)
     return converted, QuantConfig(pt2e_quantizer=quantizer)
+
+
+def int8_interface(content: bytes, *, float_io: bool) -> tuple[bytes, dict[str, Any]]:
+    """An int8 ``.tflite`` file's input and output quantization (``{"interface", "input": {"scale",
+    "zero_point"}, "output": {...}}``), and the file with a float32 interface when ``float_io``:
+    a QUANTIZE op (float32 -> int8, the input's scale and zero point) in front of the int8
+    input and a DEQUANTIZE op after the int8 output; the graph between them is unchanged, and
+    the float tensors take the names (and signature entries) the int8 ones had."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    graph = model.subgraphs[0]
+    io = {"interface": "float32" if float_io else "int8",
+          "input": _quant_params(graph.tensors[graph.inputs[0]]), "output": _quant_params(graph.tensors[graph.outputs[0]])}
+    if not float_io:
+        return content, io
+    model.buffers.append(fb.BufferT())  # the float tensors' (empty) buffer
+    moved: dict[int, int] = {}
+    for where, op in (("inputs", fb.BuiltinOperator.QUANTIZE), ("outputs", fb.BuiltinOperator.DEQUANTIZE)):
+        ends = getattr(graph, where)
+        for k, index in enumerate(ends):
+            if graph.tensors[index].type == fb.TensorType.INT8:
+                ends[k] = moved[index] = _float_end(model, graph, index, op, first=where == "inputs")
+    for signature in model.signatureDefs or []:
+        for entry in [*signature.inputs, *signature.outputs]:
+            entry.tensorIndex = moved.get(entry.tensorIndex, entry.tensorIndex)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), io
+
+
+def _quant_params(tensor: Any) -> dict[str, Any]:
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) != 1:
+        raise ExportError(f"the int8 file's tensor {_text(tensor.name)!r} has no per-tensor scale and zero point")
+    return {"scale": float(q.scale[0]), "zero_point": int(q.zeroPoint[0])}
+
+
+def _float_end(model: Any, graph: Any, index: int, builtin: int, *, first: bool) -> int:
+    """A float32 twin of int8 tensor ``index`` joined to it by ``builtin`` (QUANTIZE before, DEQUANTIZE after)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    int8 = graph.tensors[index]
+    twin = fb.TensorT()
+    twin.name, twin.shape, twin.shapeSignature = _text(int8.name), copy.copy(int8.shape), copy.copy(int8.shapeSignature)
+    twin.type, twin.buffer = fb.TensorType.FLOAT32, len(model.buffers) - 1
+    int8.name = f"{_text(int8.name)}_int8"
+    graph.tensors.append(twin)
+    op = fb.OperatorT()
+    op.opcodeIndex = _opcode(model, builtin)
+    if first:
+        op.inputs, op.outputs = [len(graph.tensors) - 1], [index]
+        graph.operators.insert(0, op)
+    else:
+        op.inputs, op.outputs = [index], [len(graph.tensors) - 1]
+        graph.operators.append(op)
+    return len(graph.tensors) - 1
+
+
+def _opcode(model: Any, builtin: int) -> int:
+    """The index of ``builtin``'s operator code in ``model``, added (version 2: int8) when it has none."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = fb.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 2
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _text(name: Any) -> str:
+    return name.decode("utf-8", "replace") if isinstance(name, (bytes, bytearray)) else str(name)
+
+
+@dataclass(frozen=True)
+class Int8Images:
+    """What an int8 export calibrates on and is scored on: normalized float32 ``(N, C, H, W)`` batches."""
+
+    calib: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    calibration: str = field(default="")  # e.g. "512 fashion-mnist train images"
+    inputs: str = field(default="")  # e.g. "2000 fashion-mnist test images"
+
+    def batches(self, size: int = 32) -> list[torch.Tensor]:
+        return [self.calib[i:i + size] for i in range(0, len(self.calib), size)]
+
+
+def int8_images(data: DataSpec, data_dir: str | Path | None = None, *, calib_data: str | None = None,
+                calib_samples: int = CALIB_SAMPLES, test_samples: int | None = TEST_SAMPLES) -> Int8Images:
+    """``calib_samples`` balanced training images and ``test_samples`` balanced test images (None:
+    the whole split) of ``calib_data`` (default: ``data``'s data set) from ``data_dir``, with
+    ``data``'s preprocessing. ConfigError for a data set without a local reader, DataError when
+    its files are not on this machine."""
+    from ..data.spec import DATASETS
+    from ..data.transforms import load_images
+
+    if data is None:
+        raise ConfigError("int8 calibration needs real images: the model source records no data set")
+    name = calib_data or data.name
+    if name not in DATASETS:
+        raise ConfigError(f"int8 calibration needs real images: no local reader for data set {name!r}; pass "
+                          f"calib_data (--calib-data) as one of {', '.join(DATASETS)}")
+    try:
+        calib, _ = load_images(name, "train", calib_samples, data, data_dir, seed=1)
+        test_x, test_y = load_images(name, "test", test_samples, data, data_dir, seed=0)
+    except (DataError, OSError) as exc:
+        raise DataError(f"int8 calibration needs {name} images on this machine: {exc}") from None
+    return Int8Images(calib, test_x, test_y, f"{len(calib)} {name} train images", f"{len(test_x)} {name} test images")
 
 
 def _convert_error(model: nn.Module, net: nn.Module, example: torch.Tensor, exc: BaseException, *, int8: bool) -> str:
