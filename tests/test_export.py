@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,8 @@ def _importable(name: str) -> bool:
 
 
 HAS_EXECUTORCH = _importable("executorch")
+HAS_LITERT = _importable("litert_torch") and _importable("ai_edge_litert")
+FMNIST_FILES = (Path("/usr/share/datasets/fashion-mnist") / "train-images-idx3-ubyte.gz").is_file()
 
 
 def tiny_source(name: str = "squeezenet1_1") -> ModelSource:
@@ -219,22 +222,43 @@ def test_cli_export_errors_are_one_line(tmp_path, cli_runner):
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
-def test_cli_export_web_folder_as_typed(ckpt, tmp_path, as_json):
+def test_cli_export_web_folder_as_typed(tmp_path, as_json):
     """`pocketcnn export CKPT --format web --out DIR` exits 0 and says what it wrote, in text and in JSON
-    (it wrote the folder and then failed on fields only file exports have, #27). Run as a user types it."""
+    (it wrote the folder and then failed on fields only file exports have, #27), each model file's check
+    included: model.onnx, model.tflite and, calibrated on the checkpoint's data, model-int8.tflite. Run as a
+    user types it."""
     import subprocess
 
+    torch.manual_seed(0)  # a model whose int8 file stays within 2 top-1 points of fp32 (else it is left out)
+    src = tiny_source()
+    ckpt = save_checkpoint(tmp_path / "seeded.pt", {"model": src.name, "model_kwargs": src.model_kwargs,
+                                                     "state_dict": src.model.state_dict(), "data": src.data.to_dict()})
     site = tmp_path / "site"
     args = [sys.executable, "-m", "pocketcnn", "export", str(ckpt), "--format", "web", "--out", str(site),
-            "--verify-samples", "2"] + (["--json"] if as_json else [])
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+            "--verify-samples", "2", "--calib-samples", "64", "--test-samples", "200"] + (["--json"] if as_json else [])
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr and (site / "index.html").is_file() and (site / "model.onnx").is_file()
+    int8 = HAS_LITERT and FMNIST_FILES  # calibrated on the Debian Fashion-MNIST files
+    assert (site / "model-int8.tflite").is_file() == bool(int8)
     if as_json:
         d = json.loads(res.stdout)
         assert d["path"] == str(site) and d["format"] == "web" and d["warnings"] == []
         assert d["total_bytes"] == sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
         assert d["verification"]["passed"] is True
+        if HAS_LITERT:
+            assert d["tflite_verification"]["runtime"] == "litert" and d["tflite_verification"]["passed"] is True
+            assert d["tflite_bytes"] == (site / "model.tflite").stat().st_size
+        if int8:
+            v = d["int8_verification"]
+            assert v["passed"] is True and v["n"] == 200 and v["calibration"] == "64 fashion-mnist train images"
+            assert d["int8_bytes"] == (site / "model-int8.tflite").stat().st_size < d["tflite_bytes"] / 2
     else:
-        assert res.stdout.startswith(f"wrote {site}/ (") and "verified with onnxruntime" in res.stdout
+        lines = res.stdout.splitlines()
+        assert res.stdout.startswith(f"wrote {site}/ (") and lines[1].startswith("model.onnx: verified with onnxruntime")
         assert f"python -m http.server -d {site} 8080" in res.stdout
+        if HAS_LITERT:
+            assert lines[2].startswith("model.tflite (") and "fp32): verified with litert on 2 " in lines[2]
+        if int8:
+            assert lines[3].startswith("model-int8.tflite (") and "int8): verified with litert on 200 " in lines[3]
+            assert "calibrated on 64 fashion-mnist train images" in lines[3] and "top-1 agreement" in lines[3]

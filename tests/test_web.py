@@ -275,11 +275,14 @@ def test_both_runtimes_of_one_folder(tmp_path, monkeypatch):
     assert refused.value.exit_code == 2 and not (tmp_path / "new").exists()
 
 
-def test_serve_page_routes(tmp_path):
+def test_serve_page_routes(tmp_path, monkeypatch):
     from starlette.testclient import TestClient
 
-    from pocketcnn.runtime.web import packaged_page
-    from pocketcnn.serve import create_app
+    from pocketcnn.runtime.web import fetch_litert_js, packaged_page
+    from pocketcnn.serve import create_app, page
+
+    litert = fetch_litert_js(tmp_path / "litert", version=FAKE_VERSION, tarballs=fake_litert_tarballs(tmp_path))
+    monkeypatch.setattr(page, "find_litert_js", lambda path: litert)  # the page's LiteRT.js, whatever is installed
 
     sys.path.insert(0, str(Path(__file__).parent / "light"))
     try:
@@ -302,6 +305,14 @@ def test_serve_page_routes(tmp_path):
         assert r.status_code == 200 and r.content == b"TFL3 stand-in"
         again = client.get("/offline.json").json()
         assert again["models"]["tflite"]["bytes"] == 13 and again["cache"] != plan.json()["cache"]
+        r = client.get("/v1/model-int8.tflite")
+        assert r.status_code == 404 and "m-int8.tflite" in r.json()["error"] and "tflite_int8" not in again["models"]
+        (tmp_path / "m-int8.tflite").write_bytes(b"TFL3 int8")  # the int8 file beside them: served, in the plan
+        r = client.get("/v1/model-int8.tflite")
+        assert r.status_code == 200 and r.content == b"TFL3 int8"
+        with_int8 = client.get("/offline.json").json()
+        assert with_int8["models"]["tflite_int8"]["url"] == "v1/model-int8.tflite"
+        assert "v1/model-int8.tflite" in with_int8["cacheable"] and with_int8["cache"] != again["cache"]
         sw = client.get("/sw.js")
         assert sw.status_code == 200 and "javascript" in sw.headers["content-type"] and "caches.open" in sw.text
         r = client.get("/manifest.webmanifest")
@@ -405,3 +416,34 @@ console.log(JSON.stringify({{ bad, luma: luma.every((v, i) => v === gray[i]) }})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["bad"] == [] and result["luma"] is True
+
+
+def test_offline_plan_lists_the_int8_file(tmp_path, fake_runtime):
+    """The int8 .tflite beside the fp32 one is in offline.json: a model the service worker stores, and
+    part of the cache's name (a new int8 file is a new cache); without LiteRT.js it is not offered."""
+    import hashlib
+
+    from pocketcnn.export.web import INT8_FILE, INT8_KEY, web_plan
+    from pocketcnn.runtime.web import fetch_litert_js, packaged_page
+
+    litert = fetch_litert_js(tmp_path / "litert", version=FAKE_VERSION, tarballs=fake_litert_tarballs(tmp_path))
+    ort = find_ort_web(fake_runtime, version=FAKE_VERSION)
+    files = {name: tmp_path / name for name in ("model.onnx", "model.tflite", INT8_FILE)}
+    for i, path in enumerate(files.values()):
+        path.write_bytes(b"x" * (10 + i))
+
+    def plan(int8: bool = True, runtime=litert) -> dict:
+        return web_plan("m", ("model.onnx", files["model.onnx"]), tflite=("model.tflite", files["model.tflite"]),
+                        int8=(INT8_FILE, files[INT8_FILE]) if int8 else None, page=packaged_page(), ort=ort,
+                        litert=runtime)
+
+    fp32_only, both = plan(int8=False), plan()
+    assert both["models"][INT8_KEY] == {"url": INT8_FILE, "bytes": 12, "precision": "int8",
+                                        "sha256": hashlib.sha256(b"x" * 12).hexdigest()}
+    assert INT8_FILE in both["cacheable"] and INT8_FILE not in fp32_only["cacheable"]
+    assert both["cache"] != fp32_only["cache"] and both["cache"].startswith(f"pocketcnn-{both['sha256']}-")
+    assert {k: v for k, v in both.items() if k not in ("models", "cache", "cacheable")} == \
+        {k: v for k, v in fp32_only.items() if k not in ("models", "cache", "cacheable")}
+    files[INT8_FILE].write_bytes(b"y" * 12)  # another int8 file, same size: another cache
+    assert plan()["cache"] != both["cache"]
+    assert INT8_KEY not in plan(runtime=None)["models"]  # no LiteRT.js: no .tflite file is offered

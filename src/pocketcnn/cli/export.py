@@ -16,18 +16,21 @@ from ..artifacts.formats import EXPORT_FORMATS, export_suffix
               help="onnx (ONNX Runtime), pte (ExecuTorch + XNNPACK, needs pocketcnn[mobile]), pt2 (torch.export), "
                    "tflite (LiteRT for Android, needs pocketcnn[litert]), coreml (.mlpackage for iOS/macOS, "
                    "needs pocketcnn[mobile]), web (a static folder that classifies in the browser with "
-                   "ONNX Runtime Web; see `pocketcnn web-runtime`).")
+                   "LiteRT.js or ONNX Runtime Web, see `pocketcnn web-runtime`; with the checkpoint's data here "
+                   "it also holds an int8 .tflite, calibrated as --int8 does).")
 @click.option("--opset", type=click.IntRange(7, 23), default=17, show_default=True, help="ONNX opset.")
 @click.option("--dynamic-batch", is_flag=True, help="Any batch size (ExecuTorch: a bounded one) instead of 1 "
               "(onnx, pt2, pte; a .tflite file's batch is resized when it runs).")
 @click.option("--int8", is_flag=True, help="tflite: full-integer INT8 weights and activations, calibrated on real "
               "images (the converter's PT2E path), scored against fp32 on the test split.")
 @click.option("--calib-data", default=None, metavar="NAME",
-              help="With --int8: the data set to calibrate and score on (default: the checkpoint's).")
+              help="With --int8 (or --format web): the data set to calibrate and score on (default: the "
+                   "checkpoint's).")
 @click.option("--calib-samples", type=click.IntRange(1), default=512, show_default=True,
-              help="With --int8: balanced training images the quantizer calibrates on.")
+              help="With --int8 (or --format web): balanced training images the quantizer calibrates on.")
 @click.option("--test-samples", type=click.IntRange(0), default=2000, show_default=True,
-              help="With --int8: balanced test images the int8 file is scored on (0: the whole split).")
+              help="With --int8 (or --format web): balanced test images the int8 file is scored on "
+                   "(0: the whole split).")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default=None,
               help="coreml: weight and compute precision [default: fp16].")
 @click.option("--out", type=click.Path(), default=None,
@@ -75,15 +78,27 @@ def _verified(v) -> str:
             f"top-1 agreement {100 * v.top1_agreement:.0f}%")
 
 
+def _int8_checked(v) -> str:
+    """The score of an int8 file against fp32 on the test split, in one line."""
+    return (f"verified with {v.runtime} on {v.inputs} (calibrated on {v.calibration}): top-1 {v.int8_top1:.2f}% vs "
+            f"fp32 {v.fp32_top1:.2f}% ({-v.top1_drop:+.2f} points), top-1 agreement {100 * v.top1_agreement:.1f}%")
+
+
 def _print_web(result) -> None:
-    """A static web folder: what it holds and how its model was verified."""
+    """A static web folder: what it holds and how each of its model files was verified."""
     out_console.print(f"wrote {result.path}/ ({len(result.files)} files, {result.total_bytes / 2**20:.2f} MB: model "
                       f"{result.model_bytes / 2**20:.2f} MB, runtime {result.runtime_bytes / 2**20:.2f} MB, page "
                       f"{result.page_bytes / 2**10:.0f} KB; input {'x'.join(map(str, result.input_size))}) in "
-                      f"{result.seconds:.1f} s", highlight=False)
-    out_console.print(_verified(result.verification), highlight=False)
+                      f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
+    out_console.print(f"model.onnx: {_verified(result.verification)}", highlight=False, soft_wrap=True)
+    if result.tflite_verification is not None:
+        out_console.print(f"model.tflite ({result.tflite_bytes / 2**20:.2f} MB, fp32): "
+                          f"{_verified(result.tflite_verification)}", highlight=False, soft_wrap=True)
+    if result.int8_verification is not None:
+        out_console.print(f"model-int8.tflite ({result.int8_bytes / 2**20:.2f} MB, int8): "
+                          f"{_int8_checked(result.int8_verification)}", highlight=False, soft_wrap=True)
     out_console.print(f"serve it with any static file server, e.g. python -m http.server -d {result.path} 8080",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 def _print_file(result, fmt: str) -> None:
@@ -101,8 +116,6 @@ def _print_file(result, fmt: str) -> None:
                           f"{', '.join(f'{b:.4g}' for b in v.bias or (0.0,))}), {v.labels} class labels, "
                           f"{v.precision} weights, {v.ops} MIL ops, pocketcnn metadata", highlight=False)
     elif result.precision == "int8":
-        out_console.print(f"verified with {v.runtime} on {v.inputs} (calibrated on {v.calibration}): top-1 "
-                          f"{v.int8_top1:.2f}% vs fp32 {v.fp32_top1:.2f}% ({-v.top1_drop:+.2f} points), top-1 "
-                          f"agreement {100 * v.top1_agreement:.1f}%", highlight=False)
+        out_console.print(_int8_checked(v), highlight=False)
     else:
         out_console.print(_verified(v), highlight=False)
