@@ -3,6 +3,9 @@
 * LiteRT.js (the page's default device runtime) on the ``.tflite`` file gives the answers of
   ``pocketcnn predict --json`` on that file, under ``serve`` (threads) and in the static
   folder (one thread); ONNX Runtime Web stays selectable;
+* with ``model-int8.tflite`` beside it, the page times both files, runs the faster, says so
+  with both timings, remembers the choice, lets the visitor choose the other, and the int8
+  file's answers equal ``pocketcnn predict --json`` on it (Python LiteRT);
 * offline: the service worker stores the page, its runtime and its model on the first visit;
   with the browser context offline the page reloads and classifies the same images, every
   request answered by the worker; a second visit fetches under 1% of the first one's bytes;
@@ -120,8 +123,9 @@ def web_dir(tmp_path_factory, tiny_data) -> Path:
                                  "data_dir": data_dir, "epochs": 1, "warmup_epochs": 0.5, "train_samples": 256,
                                  "test_samples": 160, "eval_batch_size": 160, "out": str(root / "run")})
     fit(cfg)
-    result = export_web(load_model_source(root / "run" / "last.pt"), root / "web", data_dir=data_dir)
-    assert result.verification.passed and result.model == "squeezenet1_1"
+    result = export_web(load_model_source(root / "run" / "last.pt"), root / "web", data_dir=data_dir, int8=True,
+                        calib={"calib_samples": 256, "test_samples": 500})
+    assert result.verification.passed and result.model == "squeezenet1_1" and result.int8_verification.passed
     return result.path
 
 
@@ -168,6 +172,25 @@ def expected_tflite(web_dir, images) -> dict[str, dict]:
     records = json.loads(result.stdout)
     assert {r.get("runtime", "litert") for r in records if "error" not in r} <= {"litert"}
     return {Path(r["image"]).name: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def expected_int8(web_dir, images) -> dict[str, dict]:
+    """``pocketcnn predict --json`` on the folder's ``model-int8.tflite`` (Python LiteRT), by file name."""
+    from click.testing import CliRunner
+
+    from pocketcnn.cli import cli
+
+    result = CliRunner().invoke(cli, ["predict", str(web_dir / "model-int8.tflite"), *map(str, images), "--json"])
+    assert result.exit_code == 1, result.output
+    return {Path(r["image"]).name: r for r in json.loads(result.stdout)}
+
+
+@pytest.fixture(scope="module")
+def expected_litert(web_dir, expected_tflite, expected_int8) -> dict[str, tuple[dict[str, dict], float]]:
+    """By the .tflite file LiteRT.js runs on the page ("fp32", "int8": the faster here): predict's
+    records on that file and the probability tolerance."""
+    return {"fp32": (expected_tflite, TOL_PROB), "int8": (expected_int8, int8_tolerance(web_dir / "model-int8.tflite"))}
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +257,11 @@ def upload_and_read(page, files: list[Path]) -> dict[str, dict]:
     return {c["name"]: c for c in cards[: len(files)]}
 
 
-def check_against_predict(cards: dict[str, dict], images: list[Path], expected: dict[str, dict], mode: str) -> None:
+def check_against_predict(cards: dict[str, dict], images: list[Path], expected: dict[str, dict], mode: str,
+                          tol: float = TOL_PROB) -> float:
+    """Each card against ``predict --json``'s record: top-1 equal (up to a near-tie), its probability within
+    ``tol``; the largest probability difference."""
+    worst = 0.0
     assert set(cards) == {p.name for p in images}
     for name, card in cards.items():
         assert card["mode"] == mode, name
@@ -249,12 +276,21 @@ def check_against_predict(cards: dict[str, dict], images: list[Path], expected: 
         # a near-tie (top two within 1e-4) may flip between ONNX Runtime builds; none is expected here
         tied = [t for t in want["topk"] if top["prob"] - t["prob"] < 1e-4]
         assert (card["top1Label"], int(card["top1Index"])) in [(t["label"], t["index"]) for t in tied], (name, card, top)
-        assert abs(float(card["top1Prob"]) - top["prob"]) <= TOL_PROB, (name, card["top1Prob"], top["prob"])
+        assert abs(float(card["top1Prob"]) - top["prob"]) <= tol, (name, card["top1Prob"], top["prob"], tol)
         assert float(card["latencyMs"]) > 0
+        worst = max(worst, abs(float(card["top1Prob"]) - top["prob"]))
+    return worst
+
+
+def check_litert(page, cards: dict[str, dict], images: list[Path], expected_litert) -> float:
+    """check_against_predict against predict on the .tflite file (fp32 or int8) the page's LiteRT.js runs."""
+    want, tol = expected_litert[page.evaluate("pocketcnn.state.device.precision")]
+    return check_against_predict(cards, images, want, "device", tol=tol)
 
 
 # ------------------------------------------------------------------------------ tests
-def test_serve_page_server_and_device_modes_match_predict(page, serve_url, images, expected, expected_tflite, tmp_path):
+def test_serve_page_server_and_device_modes_match_predict(page, serve_url, images, expected, expected_litert,
+                                                           tmp_path):
     import httpx
 
     for path in ("", "static/ort/ort-wasm-simd-threaded.mjs"):
@@ -281,13 +317,13 @@ def test_serve_page_server_and_device_modes_match_predict(page, serve_url, image
     assert page.evaluate("pocketcnn.state.runtime") == "litert"  # the faster runtime is the default
     assert page.is_visible("#runtimes")
     cards = upload_and_read(page, images)
-    check_against_predict(cards, images, expected_tflite, "device")
+    check_litert(page, cards, images, expected_litert)
     assert "LiteRT.js" in cards[images[0].name]["meta"] and "WebAssembly" in cards[images[0].name]["meta"]
     page.screenshot(path=str(tmp_path / "browser-device.png"), full_page=True)
 
     # after the error card the page still classifies the next image
     again = upload_and_read(page, [images[0]])
-    check_against_predict(again, [images[0]], expected_tflite, "device")
+    check_litert(page, again, [images[0]], expected_litert)
     # ONNX Runtime Web stays selectable, and answers as predict on the ONNX file
     page.check("input[value=ort]")
     page.wait_for_function("pocketcnn.state.runtime === 'ort'", timeout=TIMEOUT_MS)
@@ -303,7 +339,8 @@ def test_static_folder_classifies_on_one_thread(page, static_url, web_dir, image
     from pocketcnn.runtime.web import LITERT_FILES
 
     assert sorted(p.relative_to(web_dir).as_posix() for p in web_dir.rglob("*") if p.is_file()) == sorted([
-        "README.txt", "index.html", "manifest.webmanifest", "model.onnx", "model.tflite", "offline.json", "sw.js",
+        "README.txt", "index.html", "manifest.webmanifest", "model.onnx", "model.tflite", "model-int8.tflite",
+        "offline.json", "sw.js",
         "static/app.js", "static/icons/icon-192.png", "static/icons/icon-512.png",
         "static/icons/icon-maskable-512.png", "static/ort/onnxruntime-web.json",
         "static/ort/ort-wasm-simd-threaded.mjs", "static/ort/ort-wasm-simd-threaded.wasm",
@@ -428,28 +465,30 @@ def offline_site(web_dir, tmp_path):
 
 
 def rename_model(site: Path, name: str) -> str:
-    """The same weights under another name: a new model.onnx and model.tflite (other bytes, other
-    SHA-256) and their offline.json, as a new export at the same address would write; the new hash."""
+    """The same weights under another name: a new model.onnx, model.tflite and model-int8.tflite (other
+    bytes, other SHA-256) and their offline.json, as a new export at the same address would write; the new hash."""
     import onnx
 
     from pocketcnn.artifacts.metadata import write_onnx_metadata
+    from pocketcnn.export.web import web_plan
     from pocketcnn.runtime.litert import add_tflite_metadata, read_tflite_metadata
-    from pocketcnn.runtime.web import find_litert_js, find_ort_web, offline_plan, packaged_page
+    from pocketcnn.runtime.web import find_litert_js, find_ort_web, packaged_page
 
     proto = onnx.load(str(site / "model.onnx"))
     write_onnx_metadata(proto, {"model": name})
     onnx.save(proto, str(site / "model.onnx"))
-    content = (site / "model.tflite").read_bytes()
-    (site / "model.tflite").write_bytes(add_tflite_metadata(content, {**read_tflite_metadata(content), "model": name}))
-    plan = offline_plan(name, ("model.onnx", site / "model.onnx"), tflite=("model.tflite", site / "model.tflite"),
-                        page=packaged_page(), ort=find_ort_web(site / "static" / "ort"),
-                        litert=find_litert_js(site / "static" / "litert"))
+    for file in ("model.tflite", "model-int8.tflite"):
+        content = (site / file).read_bytes()
+        (site / file).write_bytes(add_tflite_metadata(content, {**read_tflite_metadata(content), "model": name}))
+    plan = web_plan(name, ("model.onnx", site / "model.onnx"), tflite=("model.tflite", site / "model.tflite"),
+                    int8=("model-int8.tflite", site / "model-int8.tflite"), page=packaged_page(),
+                    ort=find_ort_web(site / "static" / "ort"), litert=find_litert_js(site / "static" / "litert"))
     (site / "offline.json").write_text(json.dumps(plan))
     return str(plan["sha256"])
 
 
 def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(browser, offline_site, images,
-                                                                                 expected_tflite, tmp_path):
+                                                                                 expected_litert, tmp_path):
     import hashlib
 
     url, site, log = offline_site
@@ -474,14 +513,14 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
         assert "Ready to work offline" in page.inner_text("#offline") and "MB stored" in page.inner_text("#offline")
         assert sha[:12] in page.inner_text("#model")
         cards = upload_and_read(page, images)
-        check_against_predict(cards, images, expected_tflite, "device")
+        check_litert(page, cards, images, expected_litert)
         assert "LiteRT.js" in cards[images[0].name]["meta"] and "1 thread" in cards[images[0].name]["meta"]
         first_visit = http_log(log)
         first_bytes = fetched_bytes(site, first_visit)
         # the cache holds the page, the runtime and the model: never a photo
         stored_urls = page.evaluate("""async () => { const c = await caches.open(pocketcnn.state.plan.cache);
                                         return (await c.keys()).map(r => r.url); }""")
-        assert {u.removeprefix(url) for u in stored_urls} >= {"", "model.tflite", "static/app.js"}
+        assert {u.removeprefix(url) for u in stored_urls} >= {"", "model.tflite", "model-int8.tflite", "static/app.js"}
         assert not [u for u in stored_urls if "fmnist" in u or u.startswith("blob:")], stored_urls
 
         # offline: reload, classify the same images; nothing reaches the server, the worker answers everything
@@ -491,7 +530,7 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
         page.evaluate("window.pocketcnn.ready")
         assert page.evaluate("pocketcnn.state.mode") == "device"
         cards = upload_and_read(page, images)
-        check_against_predict(cards, images, expected_tflite, "device")
+        check_litert(page, cards, images, expected_litert)
         assert http_log(log) == first_visit
         offline_answers = [(m, u, sw) for m, u, sw in seen[before:] if u.startswith("http")]
         assert offline_answers and all(sw for _, _, sw in offline_answers), offline_answers
@@ -520,13 +559,13 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
                                timeout=TIMEOUT_MS)  # the old cache is deleted
         page.wait_for_selector("#offline[data-ready=true]", timeout=TIMEOUT_MS)
         again = upload_and_read(page, [images[0]])
-        check_against_predict(again, [images[0]], expected_tflite, "device")
+        check_litert(page, again, [images[0]], expected_litert)
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, images, expected_tflite):
+def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, images, expected_litert):
     import httpx
 
     context = browser.new_context(viewport={"width": 412, "height": 915})
@@ -553,7 +592,7 @@ def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, 
         assert page.evaluate("pocketcnn.state.runtime") == "litert"
         assert page.evaluate("pocketcnn.state.device.threads") == min(4, page.evaluate("navigator.hardwareConcurrency"))
         cards = upload_and_read(page, images)
-        check_against_predict(cards, images, expected_tflite, "device")
+        check_litert(page, cards, images, expected_litert)
         # no request carried a photo: no POST, no body with an image's bytes; the server counted no image
         assert not [(m, u) for m, u, _ in sent if m != "GET"], sent
         assert not [u for _, u, body in sent if any(photo in body for photo in photos)]
@@ -565,7 +604,7 @@ def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, 
         assert page.evaluate("pocketcnn.state.mode") == "device"
         assert "cannot be reached" in page.inner_text("#server-note")
         cards = upload_and_read(page, images)
-        check_against_predict(cards, images, expected_tflite, "device")
+        check_litert(page, cards, images, expected_litert)
         page.goto(serve_url + "?mode=server")  # asked for the server while offline: refused with the reason
         page.evaluate("window.pocketcnn.ready")
         assert page.evaluate("pocketcnn.state.mode") is None
@@ -635,3 +674,60 @@ def test_tflite_metadata_read_in_javascript_equals_python(page, static_url, web_
         new Uint8Array(await (await fetch('model.tflite')).arrayBuffer()))""")
     assert got == read_tflite_metadata((web_dir / "model.tflite").read_bytes())
     assert got["layout"] == "NHWC" and got["model"] == "squeezenet1_1"
+
+
+# ------------------------------------------------------------------------------ LiteRT.js: fp32 or INT8
+def int8_tolerance(path: Path) -> float:
+    """How far the page's top-1 probability may be from Python LiteRT's on the int8 file.
+
+    Both run the same file with XNNPACK's int8 kernels, but not the same microkernels (WebAssembly
+    SIMD in the page, AVX2 natively) and not quite the same input (the page's preprocessing is
+    within 1/255 of Python's, which can move an input value across one quantization step): an int8
+    activation, and so a dequantized logit, may land one step (the output scale s) away. The softmax
+    moves no probability by more than half the largest logit change, so two steps on any logit is at
+    most s; that is the tolerance (read from the file's metadata; in the runs so far the page and
+    Python agreed to 1e-16, the same kernels giving the same integers).
+    """
+    from pocketcnn.runtime.litert import read_tflite_metadata
+
+    return float(read_tflite_metadata(path.read_bytes())["quantization"]["output"]["scale"])
+
+
+def test_litert_times_fp32_and_int8_runs_the_faster_and_int8_equals_python_litert(
+        page, static_url, web_dir, images, expected_int8, expected_tflite, tmp_path):
+    open_page(page, static_url)
+    assert page.evaluate("pocketcnn.state.int8") is True and page.evaluate("pocketcnn.state.runtime") == "litert"
+    d = page.evaluate("({precision: pocketcnn.state.device.precision, choice: pocketcnn.state.device.choice})")
+    timings = d["choice"]["timings"]
+    assert timings["fp32"] > 0 and timings["int8"] > 0 and d["choice"]["asked"] == "auto"
+    faster = "int8" if timings["int8"] < timings["fp32"] else "fp32"
+    assert d["precision"] == d["choice"]["faster"] == faster  # the faster one, measured here
+    label = {"int8": "INT8", "fp32": "fp32"}[faster]
+    note = page.inner_text("#mode-note")
+    assert f"LiteRT.js {label}" in note and f"runs the {label} model (the faster here)" in note, note
+    assert "INT8 " in note and "fp32 " in note and note.count(" ms") >= 2, note  # both timings
+    assert page.is_visible("#precisions") and page.is_checked("input[name=precision][value=auto]")
+    stored = page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('pocketcnn-precision-'))")
+    assert len(stored) == 1
+
+    page.check("input[name=precision][value=int8]")  # the visitor's choice
+    assert page.evaluate("pocketcnn.state.device.precision") == "int8"
+    cards = upload_and_read(page, images)
+    tol = int8_tolerance(web_dir / "model-int8.tflite")
+    worst = check_against_predict(cards, images, expected_int8, "device", tol=tol)
+    print(f"int8: largest top-1 probability difference from Python LiteRT {worst:.2e} (tolerance {tol:.3g})")
+    assert "LiteRT.js INT8" in cards[images[0].name]["meta"]
+    page.screenshot(path=str(tmp_path / "browser-int8.png"), full_page=True)
+
+    page.check("input[name=precision][value=fp32]")
+    again = upload_and_read(page, [images[0]])
+    check_against_predict(again, [images[0]], expected_tflite, "device")
+    assert "LiteRT.js fp32" in again[images[0].name]["meta"]
+    page.reload()  # remembered: no new timing, the visitor's choice kept
+    page.evaluate("window.pocketcnn.ready")
+    d = page.evaluate("pocketcnn.state.device.choice")
+    assert d["remembered"] and d["asked"] == "fp32" and d["timings"] == timings
+    assert page.evaluate("pocketcnn.state.device.precision") == "fp32"
+    page.goto(static_url + "?precision=int4")
+    page.evaluate("window.pocketcnn.ready")
+    assert "unknown precision" in page.inner_text("#status") and page.evaluate("pocketcnn.state.mode") is None

@@ -1,6 +1,9 @@
 // The pocketcnn page: photos in, top-5 classes out, answered by the server (POST
 // v1/predict) or on this device: LiteRT.js running the .tflite file (the faster runtime,
-// measured: benchmarks/browser_latency.py) or ONNX Runtime Web running the ONNX file.
+// measured: benchmarks/browser_latency.py) or ONNX Runtime Web running the ONNX file. Where an
+// int8 .tflite file lies beside the fp32 one, LiteRT.js times both on this device once, runs
+// the faster (remembered per model file, per thread count) and says so; the visitor can
+// choose the other.
 // Plain ES module, no build step; every file it loads comes from the same origin. A
 // service worker (sw.js) keeps the page, its runtime and its model for offline use.
 //
@@ -13,9 +16,11 @@ import { decodeImage, preprocessBlob, preprocessPixels } from "./preprocess.js";
 const TOPK = 5;
 const MODES = ["server", "device"];
 const RUNTIMES = { litert: "LiteRT.js", ort: "ONNX Runtime Web" };
+const PRECISIONS = { auto: "the faster here", fp32: "fp32", int8: "INT8" }; // LiteRT.js's two .tflite files
+const TIMING = { warmup: 2, runs: 5 }; // per file, on a blank input, to choose between fp32 and INT8
 const body = document.body;
 const API = body.dataset.api || ""; // "" in a static folder: no server
-const MODEL_URLS = { ort: body.dataset.model, litert: body.dataset.tflite };
+const MODEL_URLS = { ort: body.dataset.model, litert: body.dataset.tflite, int8: body.dataset.tfliteInt8 };
 const RUNTIME_URLS = {
   ort: new URL(body.dataset.runtime, location.href).href,
   litert: new URL(body.dataset.litert || "static/litert/", location.href).href,
@@ -33,6 +38,7 @@ const state = {
   loading: {}, // runtime -> the promise of loading it
   device: null, // the device runtime in use (one of devices)
   available: {}, // runtime -> true, or why it cannot run
+  int8: null, // true when the int8 .tflite is beside the fp32 one, else why LiteRT.js runs fp32 only
   plan: null, // offline.json: the model's hash, the cache name, what is stored
   offline: { supported: "serviceWorker" in navigator, ready: false, bytes: 0, files: 0, cache: null, problem: null },
   queue: Promise.resolve(),
@@ -182,7 +188,8 @@ function modeLabel(mode) {
   if (mode === "server") return `on the server (${state.server ? state.server.runtime : "onnxruntime"})`;
   const d = state.device;
   const t = d ? d.threads : 1;
-  return `on this device (${d ? RUNTIMES[d.runtime] : "WebAssembly"}, WebAssembly, ${t} thread${t === 1 ? "" : "s"})`;
+  const name = d ? `${RUNTIMES[d.runtime]}${d.precision ? ` ${PRECISIONS[d.precision]}` : ""}` : "WebAssembly";
+  return `on this device (${name}, WebAssembly, ${t} thread${t === 1 ? "" : "s"})`;
 }
 
 function showModel() {
@@ -381,7 +388,7 @@ async function deviceFiles(runtime) {
   const build = threadCount() > 1 ? "litert_wasm_threaded_internal" : (await lt.supportsFeature("relaxedSimd"))
     ? "litert_wasm_internal" : "litert_wasm_compat_internal";
   return [`${base}core/index.js`, `${base}wasm-utils/index.js`, `${base}core/wasm/${build}.js`,
-          `${base}core/wasm/${build}.wasm`, MODEL_URLS.litert];
+          `${base}core/wasm/${build}.wasm`, MODEL_URLS.litert, ...(state.int8 === true ? [MODEL_URLS.int8] : [])];
 }
 
 /**
@@ -412,25 +419,165 @@ async function loadLiteRt() {
     });
   }
   await litertLib;
-  const bytes = await fetchBytes(MODEL_URLS.litert, progress("the model for this device"));
+  const fp32 = await compileTflite(lt, MODEL_URLS.litert, threads);
+  const models = { fp32 };
+  let int8Problem = state.int8 === true ? null : state.int8;
+  if (!int8Problem) {
+    try {
+      models.int8 = await compileTflite(lt, MODEL_URLS.int8, threads, fp32.info);
+    } catch (err) {
+      int8Problem = `${MODEL_URLS.int8}: ${err.message || err}`;
+    }
+  }
+  const device = {
+    runtime: "litert", info: fp32.info, threads, layout: "NHWC", files: await deviceFiles("litert"),
+    models, precision: "fp32", choice: null, int8Problem,
+    run(data, dims) {
+      return runTflite(lt, models[device.precision].model, data, dims);
+    },
+  };
+  if (models.int8) await choosePrecision(device, lt);
+  return device;
+}
+
+/** A .tflite file compiled by LiteRT.js: {model, info, meta, bytes}; an int8 file must be `fp32`'s model. */
+async function compileTflite(lt, url, threads, fp32 = null) {
+  const bytes = await fetchBytes(url, progress(fp32 ? "the INT8 model for this device" : "the model for this device"));
   const meta = tfliteMetadata(bytes);
   const info = infoFromMeta(meta, bytes.length);
   if (info.layout !== "NHWC") throw new Error(`the .tflite file takes ${info.layout} input; pocketcnn writes NHWC`);
+  if (fp32) {
+    const q = meta.quantization || {};
+    if (q.interface !== "float32") {
+      throw new Error("not an int8 file with a float32 interface (LiteRT.js takes no int8 tensors): "
+        + "write it with 'pocketcnn export CKPT --format web'");
+    }
+    if (info.name !== fp32.name || JSON.stringify(info.labels) !== JSON.stringify(fp32.labels)
+        || JSON.stringify(info.spec) !== JSON.stringify(fp32.spec)) {
+      throw new Error(`holds ${info.name}, not the fp32 file's ${fp32.name}; export both from one checkpoint`);
+    }
+  }
   const model = await lt.loadAndCompile(bytes, { accelerator: "wasm", cpuOptions: { numThreads: threads } });
-  return {
-    runtime: "litert", info, threads, layout: "NHWC", files: await deviceFiles("litert"),
-    async run(data, dims) {
-      const input = new lt.Tensor(data, dims);
-      let outs = [];
-      try {
-        outs = await model.run(input);
-        return Float32Array.from(outs[0].toTypedArray());
-      } finally {
-        input.delete();
-        for (const t of outs) t.delete();
-      }
-    },
-  };
+  return { model, info, meta, bytes: bytes.length, sha256: await sha256Hex(bytes) };
+}
+
+async function runTflite(lt, model, data, dims) {
+  const input = new lt.Tensor(data, dims);
+  let outs = [];
+  try {
+    outs = await model.run(input);
+    return Float32Array.from(outs[0].toTypedArray());
+  } finally {
+    input.delete();
+    for (const t of outs) t.delete();
+  }
+}
+
+async function sha256Hex(bytes) {
+  if (!(globalThis.crypto && crypto.subtle)) return null; // not a secure context: nothing is remembered
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---------------------------------------------------------------- LiteRT.js: fp32 or INT8, the faster here
+/** Where the choice for this pair of files and thread count is remembered (null: nowhere). */
+function precisionKey(device) {
+  const planned = (kind) => (state.plan && state.plan.models[kind] ? state.plan.models[kind].sha256 : null);
+  const fp32 = device.models.fp32.sha256 || planned("tflite");
+  const int8 = device.models.int8.sha256 || planned("tflite_int8");
+  return fp32 && int8 ? `pocketcnn-precision-${fp32.slice(0, 16)}-${int8.slice(0, 16)}-${device.threads}t` : null;
+}
+
+function recall(key) {
+  try {
+    return key ? JSON.parse(localStorage.getItem(key) || "null") : null;
+  } catch {
+    return null;
+  }
+}
+
+function remember(key, record) {
+  try {
+    if (key) localStorage.setItem(key, JSON.stringify(record));
+  } catch { /* storage full or refused: the page measures again next time */ }
+}
+
+/** Median ms per run of each file on a blank input: warm-ups first, then the runs interleaved. */
+async function timePrecisions(lt, device) {
+  const { channels, crop } = device.info.spec;
+  const dims = [1, crop, crop, channels];
+  const blank = new Float32Array(crop * crop * channels);
+  const times = { fp32: [], int8: [] };
+  for (const p of ["fp32", "int8"]) {
+    for (let i = 0; i < TIMING.warmup; i++) await runTflite(lt, device.models[p].model, blank, dims);
+  }
+  for (let i = 0; i < TIMING.runs; i++) {
+    for (const p of i % 2 ? ["int8", "fp32"] : ["fp32", "int8"]) {
+      const t0 = performance.now();
+      await runTflite(lt, device.models[p].model, blank, dims);
+      times[p].push(performance.now() - t0);
+    }
+  }
+  const median = (v) => v.slice().sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  return { fp32: median(times.fp32), int8: median(times.int8) };
+}
+
+/**
+ * Choose the file LiteRT.js runs: the visitor's choice (?precision=, or the one made on this page
+ * before), else the faster of the two as measured on this device (once; remembered).
+ */
+async function choosePrecision(device, lt) {
+  const key = precisionKey(device);
+  const stored = recall(key) || {};
+  let timings = stored.timings && stored.timings.fp32 > 0 && stored.timings.int8 > 0 ? stored.timings : null;
+  if (!timings) {
+    setStatus("Timing the fp32 and INT8 models on this device\u2026");
+    timings = await timePrecisions(lt, device);
+  }
+  const asked = query.get("precision") || stored.asked || "auto";
+  const faster = timings.int8 < timings.fp32 ? "int8" : "fp32";
+  device.precision = asked === "auto" ? faster : asked;
+  device.choice = { asked, faster, timings, remembered: Boolean(stored.timings) };
+  remember(key, { timings, asked: query.get("precision") ? stored.asked || "auto" : asked, at: new Date().toISOString() });
+}
+
+/** The visitor picks "auto", "fp32" or "int8" for LiteRT.js; kept for this model on this device. */
+function setPrecision(asked) {
+  const d = state.devices.litert;
+  if (!Object.hasOwn(PRECISIONS, asked)) throw new Error(`unknown precision ${JSON.stringify(String(asked))}: "auto", "fp32" or "int8"`);
+  if (!d || !d.models.int8) throw new Error(d && d.int8Problem ? d.int8Problem : "there is no INT8 model beside this page");
+  d.choice.asked = asked;
+  d.precision = asked === "auto" ? d.choice.faster : asked;
+  remember(precisionKey(d), { timings: d.choice.timings, asked, at: new Date().toISOString() });
+  showPrecision();
+}
+
+/** The choice and the two timings, under the runtime choice and in the mode's note. */
+function precisionText(d) {
+  if (!d || d.runtime !== "litert") return "";
+  if (!d.models.int8) { // say why only where an INT8 file was offered or asked for
+    const why = state.int8 === true ? d.int8Problem : query.get("precision") === "int8" ? state.int8 : null;
+    return why ? ` LiteRT.js runs fp32 (no INT8 model: ${why}).` : "";
+  }
+  const { asked, faster, timings } = d.choice;
+  const both = `INT8 ${ms(timings.int8)}, fp32 ${ms(timings.fp32)} per image on this device`;
+  const why = asked === "auto" ? "the faster here" : faster === asked ? "your choice, also the faster here" : "your choice";
+  return ` LiteRT.js runs the ${PRECISIONS[d.precision]} model (${why}): ${both}.`;
+}
+
+function showPrecision() {
+  const d = state.mode === "device" ? state.device : null;
+  const shown = Boolean(d && d.runtime === "litert" && d.models.int8);
+  $("#precisions").hidden = !shown;
+  if (shown) {
+    for (const r of document.querySelectorAll('input[name="precision"]')) r.checked = r.value === d.choice.asked;
+    const t = d.choice.timings;
+    $("#precision-note").textContent = `Measured on this device${d.choice.remembered ? " (on an earlier visit)" : ""}: `
+      + `INT8 ${ms(t.int8)}, fp32 ${ms(t.fp32)} per image, ${d.threads} thread${d.threads === 1 ? "" : "s"}.`;
+  }
+  if (state.mode === "device") {
+    $("#mode-note").textContent = `Photos are classified ${modeLabel("device")}. They never leave this device.${precisionText(d)}`;
+  }
 }
 
 function ensureDevice(runtime) {
@@ -472,6 +619,7 @@ async function setMode(mode, runtime = state.runtime) {
   $("#runtimes").hidden = mode !== "device";
   $("#mode-note").textContent = `Photos are classified ${modeLabel(mode)}.`
     + (mode === "device" ? " They never leave this device." : " They are sent to the server and not stored.");
+  showPrecision();
   body.dataset.mode = mode;
   showModel();
   if (mode === "device") updateOffline();
@@ -654,6 +802,17 @@ function wire() {
       }
     });
   }
+  for (const radio of document.querySelectorAll('input[name="precision"]')) {
+    radio.addEventListener("change", () => {
+      try {
+        setPrecision(radio.value);
+        setStatus("");
+      } catch (err) {
+        setStatus(`Cannot run the ${PRECISIONS[radio.value]} model: ${err.message || err}`);
+        showPrecision();
+      }
+    });
+  }
   for (const radio of document.querySelectorAll('input[name="runtime"]')) {
     radio.addEventListener("change", async () => {
       try {
@@ -692,6 +851,14 @@ async function findRuntimes(plan) {
   return out;
 }
 
+/** Whether the int8 .tflite is beside the fp32 one (true), else why not: from offline.json, else by asking. */
+async function findInt8(plan, available) {
+  if (available.litert !== true) return null;
+  const there = plan ? "tflite_int8" in plan.models : Boolean(MODEL_URLS.int8) && await headOk(MODEL_URLS.int8);
+  return there || "no INT8 .tflite beside the fp32 one ('pocketcnn export CKPT --format web' writes one where it "
+    + "can calibrate on the checkpoint's data)";
+}
+
 function refuse(message) {
   state.refused = message;
   state.mode = null;
@@ -711,6 +878,11 @@ async function init() {
     refuse(`unknown mode ${JSON.stringify(wantedMode)} in the address: use ?mode=server (photos are sent to the server) or ?mode=device (photos never leave this device)`);
     return;
   }
+  const wantedPrecision = query.get("precision");
+  if (wantedPrecision !== null && !Object.hasOwn(PRECISIONS, wantedPrecision)) {
+    refuse(`unknown precision ${JSON.stringify(wantedPrecision)} in the address: use ?precision=int8, ?precision=fp32 or ?precision=auto (the faster here)`);
+    return;
+  }
   if (wantedRuntime !== null && !(wantedRuntime in RUNTIMES)) {
     refuse(`unknown runtime ${JSON.stringify(wantedRuntime)} in the address: use ?runtime=litert (LiteRT.js) or ?runtime=ort (ONNX Runtime Web)`);
     return;
@@ -727,6 +899,7 @@ async function init() {
   ]);
   state.server = server;
   state.available = available;
+  state.int8 = await findInt8(plan, available);
   state.offline.worker = worker;
   const radios = Object.fromEntries(Array.from(document.querySelectorAll('input[name="mode"]'), (r) => [r.value, r]));
   const runtimeOk = Object.keys(RUNTIMES).filter((rt) => available[rt] === true);
@@ -767,6 +940,7 @@ window.pocketcnn = {
   ready,
   state,
   setMode,
+  setPrecision,
   classify,
   onnxMetadata,
   tfliteMetadata,

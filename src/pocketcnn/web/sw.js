@@ -55,7 +55,7 @@ self.addEventListener("install", (event) => {
       throw new Error(`offline.json names cache ${p.cache}, this worker was registered for ${CACHE}`);
     }
     const cache = await caches.open(CACHE);
-    await cache.addAll(p.precache.map(scoped));
+    await cache.addAll(p.precache.map((u) => new Request(scoped(u), { cache: "no-cache" }))); // current bytes, as below
     installing = false;
     await self.skipWaiting();
   })());
@@ -79,7 +79,9 @@ function isCacheable(p, url) {
 async function fromCache(request, key) {
   const hit = await lookup(key);
   if (hit) return hit;
-  const r = await fetch(request);
+  // what goes into a cache named by these files' hashes must be their current bytes: ask the
+  // server (a 304 when the browser's copy is current), never a heuristically fresh HTTP-cache copy
+  const r = await fetch(request, { cache: "no-cache" });
   if (r.ok && r.status === 200 && r.type === "basic") await store(key, r.clone());
   return r;
 }
