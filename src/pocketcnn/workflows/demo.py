@@ -30,8 +30,8 @@ from ..artifacts.checkpoint import model_from_checkpoint
 from ..bench.cpu import cpu_info
 from ..bench.timing import matmul_peak_gflops, measure
 from ..data import DataSpec, balanced_subset, dataset_spec, load_dataset
-from ..errors import ConfigError
 from ..fileio import atomic_write_text, check_writable_dir
+from ..validate import check_number
 from ..models.registry import model_config
 from ..train.config import TrainConfig, batch_for_steps, recipe
 from ..train.engine import Callbacks, build_model, evaluate, fit
@@ -180,11 +180,9 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
              log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Train, rank and measure ``models``, then run the compression and deployment chain on the
     SqueezeNet among them (``chain``); returns the leaderboard dict (also written to ``out``)."""
-    from . import plots
-    from .chain import paper_chain, squeezenet_of
+    from .chain import squeezenet_of
 
-    if budget_minutes <= 0:
-        raise ConfigError(f"budget_minutes must be > 0, received {budget_minutes!r}")
+    check_number("budget_minutes", budget_minutes, 0, low_open=True)
     for m in models:
         model_config(m)
     t_start = time.perf_counter()
@@ -192,64 +190,108 @@ def run_demo(models: tuple[str, ...] = DEFAULT_MODELS, *, budget_minutes: float 
     out.mkdir(parents=True, exist_ok=True)
     # verifies the files (the verdict is cached); the leaderboard uses the whole split by default
     test_full = balanced_subset(load_dataset("fashion-mnist", "test", data_dir), test_samples)
-    spec = dataset_spec("fashion-mnist", test_full)
+    run = _DemoRun(out, test_full, dataset_spec("fashion-mnist", test_full), data_dir, fresh, log)
     chain = chain and squeezenet_of(models) is not None
-    plan = _plan(out, models, budget_minutes, spec, len(test_full), chain, fresh, log, data_dir)
+    plan = _plan(out, models, budget_minutes, run.spec, len(test_full), chain, fresh, log, data_dir)
     rows, curves = [], {}
-    peak = None  # the machine's matmul peak, measured once when the first model is timed
     for name in models:
-        mp = plan.models[name]
-        run_dir = out / name
-        result_file = run_dir / "result.json"
-        cfg = TrainConfig.from_dict({**recipe(name), "model": name, "data_dir": data_dir, "epochs": mp.epochs,
-                                     "batch_size": batch_size(name), "train_samples": mp.train_samples,
-                                     "test_samples": min(TRAIN_TEST_SAMPLES, len(test_full)), "out": str(run_dir)})
-        cfg = cfg.for_run_length(mp.train_samples)
-        if result_file.exists() and not fresh and json.loads(result_file.read_text()).get("config") == cfg.to_dict():
-            log(f"{name}: reusing finished run {run_dir}")
-            saved = json.loads(result_file.read_text())
-            rows.append(saved["row"])
-            curves[name] = saved["metrics"]
-            continue
-        log(f"{name}: {mp.train_samples:,} images x {mp.epochs} epoch(s), batch {cfg.batch_size}")
-        res = fit(cfg, make_callbacks(name, mp), overwrite=True)  # the demo's own folder: an unfinished run is redone
-        model = model_from_checkpoint(res.checkpoint)
-        full = evaluate(model, test_full, spec, batch_size=512)
-        size = (spec.in_chans, spec.image_size, spec.image_size)
-        prof = profile(model, size, name=name)
-        peak = peak if peak is not None else matmul_peak_gflops(torch.get_num_threads())
-        speed = {bs: measure(model, batch_size=bs, input_size=size, min_time=0.5, macs=prof.macs, peak_gflops=peak,
-                             model_name=name) for bs in (1, 64)}
-        row = {"model": name, "top1": round(full.top1, 2), "top5": round(full.top5, 2), "params": prof.params,
-               "size_mb": round(prof.size_mb, 3), "macs": prof.macs, "latency_ms": round(speed[1].median_ms, 3),
-               "images_per_s": round(speed[64].images_per_s, 1), "train_seconds": round(res.wall_seconds, 1),
-               "train_samples": mp.train_samples, "epochs": mp.epochs, "images_seen": mp.train_samples * mp.epochs,
-               "best_top1_subset": round(res.best_top1, 2), "batch_size": cfg.batch_size}
-        atomic_write_text(result_file, json.dumps({"config": cfg.to_dict(), "row": row, "metrics": res.metrics},
-                                                  indent=2))
+        row, curves[name] = _model_row(run, name, plan.models[name], make_callbacks)
         rows.append(row)
-        curves[name] = res.metrics
-        log(f"{name}: top-1 {row['top1']:.2f}% on {_split_words(len(test_full))}")
+    board = _leaderboard(budget_minutes, plan, rows, len(test_full))
+    if chain:
+        board["chain"] = _chain_board(run, squeezenet_of(models), rows, plan)
+    board["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    _write_results(out, board, curves)
+    return board
+
+
+@dataclass(frozen=True)
+class _DemoRun:
+    """What every step of one demo shares: its folder, the test split and its spec, the caller's settings."""
+
+    out: Path
+    test: Any  # the (balanced subset of the) test split
+    spec: DataSpec
+    data_dir: str | None
+    fresh: bool
+    log: Callable[[str], None]
+
+
+def _train_config(run: _DemoRun, name: str, mp: ModelPlan) -> TrainConfig:
+    """``name``'s recipe for the images and epochs of its plan, in its own folder of the demo's."""
+    cfg = TrainConfig.from_dict({**recipe(name), "model": name, "data_dir": run.data_dir, "epochs": mp.epochs,
+                                 "batch_size": batch_size(name), "train_samples": mp.train_samples,
+                                 "test_samples": min(TRAIN_TEST_SAMPLES, len(run.test)), "out": str(run.out / name)})
+    return cfg.for_run_length(mp.train_samples)
+
+
+def _model_row(run: _DemoRun, name: str, mp: ModelPlan,
+               make_callbacks: Callable[[str, ModelPlan], Callbacks | None]) -> tuple[dict[str, Any], Any]:
+    """``name``'s leaderboard row and learning curves: a finished run of the same configuration is reused,
+    else the model is trained, scored on the test split and timed (and the result saved for reuse)."""
+    cfg = _train_config(run, name, mp)
+    result_file = run.out / name / "result.json"
+    if result_file.exists() and not run.fresh and json.loads(result_file.read_text()).get("config") == cfg.to_dict():
+        run.log(f"{name}: reusing finished run {run.out / name}")
+        saved = json.loads(result_file.read_text())
+        return saved["row"], saved["metrics"]
+    run.log(f"{name}: {mp.train_samples:,} images x {mp.epochs} epoch(s), batch {cfg.batch_size}")
+    res = fit(cfg, make_callbacks(name, mp), overwrite=True)  # the demo's own folder: an unfinished run is redone
+    row = {**_score(run, name, model_from_checkpoint(res.checkpoint)), "train_seconds": round(res.wall_seconds, 1),
+           "train_samples": mp.train_samples, "epochs": mp.epochs, "images_seen": mp.train_samples * mp.epochs,
+           "best_top1_subset": round(res.best_top1, 2), "batch_size": cfg.batch_size}
+    atomic_write_text(result_file, json.dumps({"config": cfg.to_dict(), "row": row, "metrics": res.metrics}, indent=2))
+    run.log(f"{name}: top-1 {row['top1']:.2f}% on {_split_words(len(run.test))}")
+    return row, res.metrics
+
+
+def _score(run: _DemoRun, name: str, model: torch.nn.Module) -> dict[str, Any]:
+    """A trained model's accuracy on the test split, its size and cost, and its eager speed at batch 1 and 64."""
+    full = evaluate(model, run.test, run.spec, batch_size=512)
+    size = (run.spec.in_chans, run.spec.image_size, run.spec.image_size)
+    prof = profile(model, size, name=name)
+    peak = matmul_peak_gflops(torch.get_num_threads())  # measured for the first model, cached after
+    speed = {bs: measure(model, batch_size=bs, input_size=size, min_time=0.5, macs=prof.macs, peak_gflops=peak,
+                         model_name=name) for bs in (1, 64)}
+    return {"model": name, "top1": round(full.top1, 2), "top5": round(full.top5, 2), "params": prof.params,
+            "size_mb": round(prof.size_mb, 3), "macs": prof.macs, "latency_ms": round(speed[1].median_ms, 3),
+            "images_per_s": round(speed[64].images_per_s, 1)}
+
+
+def _leaderboard(budget_minutes: float, plan: Plan, rows: list[dict[str, Any]], test_images: int) -> dict[str, Any]:
+    """The ranking, the rule and the machine; what the budget could not give (:func:`top_rung_budget`)."""
     board = {"budget_minutes": budget_minutes, "data": "fashion-mnist", "rule": RULE,
-             "share_seconds": plan.share_seconds, "test_samples": len(test_full), "input_size": [1, 28, 28],
+             "share_seconds": plan.share_seconds, "test_samples": test_images, "input_size": [1, 28, 28],
              "threads": torch.get_num_threads(),
              "machine": f"{cpu_info().summary()}; {torch.get_num_threads()} threads, torch {torch.__version__}",
              "rows": sorted(rows, key=lambda r: -r["top1"])}
     board["top_rung"] = top_rung_budget(board, plan)
-    if chain:
-        sq = squeezenet_of(models)
-        top1 = {r["model"]: r["top1"] for r in rows}
-        board["chain"] = _cached_chain(out, sq, fresh, log) or paper_chain(
-            out / sq / "last.pt", out, test_full, spec, plan.chain_seconds, dense_top1=top1[sq],
-            train_images_per_s=plan.models[sq].images_per_s, data_dir=data_dir, log=log,
-            baseline=(out / "alexnet" / "last.pt", top1["alexnet"]) if "alexnet" in top1 else None)
-        board["chain"]["key"] = _chain_key(out, sq)
-    board["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    return board
+
+
+def _chain_board(run: _DemoRun, sq: str, rows: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
+    """The paper's chain on SqueezeNet ``sq`` (that of an earlier demo on the same checkpoints when it is
+    still there), keyed by the checkpoints it started from."""
+    from .chain import paper_chain
+
+    top1 = {r["model"]: r["top1"] for r in rows}
+    out = run.out
+    chain = _cached_chain(out, sq, run.fresh, run.log) or paper_chain(
+        out / sq / "last.pt", out, run.test, run.spec, plan.chain_seconds, dense_top1=top1[sq],
+        train_images_per_s=plan.models[sq].images_per_s, data_dir=run.data_dir, log=run.log,
+        baseline=(out / "alexnet" / "last.pt", top1["alexnet"]) if "alexnet" in top1 else None)
+    chain["key"] = _chain_key(out, sq)
+    return chain
+
+
+def _write_results(out: Path, board: dict[str, Any], curves: dict[str, Any]) -> None:
+    """The leaderboard, its plots and the report, in ``out``."""
+    from . import plots
+
     atomic_write_text(out / "leaderboard.json", json.dumps(board, indent=2))
     plots.pareto(board["rows"], out / "pareto.png", title="Fashion-MNIST test top-1 vs cost")
     plots.learning_curves(curves, out / "curves.png")
     atomic_write_text(out / "report.md", report(board))
-    return board
 
 
 def _chain_key(out: Path, model: str) -> list:
