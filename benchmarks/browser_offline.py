@@ -3,7 +3,8 @@
     python benchmarks/browser_offline.py [--cases mobilenet_v2:224 squeezenet1_1:28] [--out runs/bench/browser_offline.json]
 
 For each model (torchvision-constructor weights; start-up does not depend on their values),
-written with ``export_web`` and delivered both ways, ``pocketcnn serve`` (COOP/COEP: the
+written with ``export_web`` (with ``model-int8.tflite``, as a checkpoint with its data gets:
+LiteRT.js fetches both ``.tflite`` files and times them on the first visit) and delivered both ways, ``pocketcnn serve`` (COOP/COEP: the
 threaded LiteRT.js build) and the static folder under ``python -m http.server`` (one thread),
 with each device runtime (``?mode=device&runtime=litert|ort``), in headless Debian Chromium:
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
-from browser_latency import CHROMIUM, HOST, free_port, make_source, test_image  # noqa: E402
+from browser_latency import CHROMIUM, HOST, free_port, make_source, random_int8_images, test_image  # noqa: E402
 
 CASES = [("squeezenet1_1", 28), ("mobilenet_v2", 224)]
 REQUEST = re.compile(r'"(GET|HEAD|POST) (\S+) HTTP/[\d.]+" (\d{3})')
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, size in cases:
             source = make_source(name, size)
             folder = Path(tmp) / f"{name}-{size}"
-            export_web(source, folder)
+            export_web(source, folder, int8=True, int8_data=random_int8_images(source))  # as a real export ships
             image, image_name = test_image(size)
             photo = Path(tmp) / image_name
             photo.write_bytes(image)
