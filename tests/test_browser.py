@@ -516,53 +516,61 @@ def test_static_folder_litert_works_offline_and_a_new_model_replaces_the_cache(b
         check_litert(page, cards, images, expected_litert)
         assert "LiteRT.js" in cards[images[0].name]["meta"] and "1 thread" in cards[images[0].name]["meta"]
         first_visit = http_log(log)
-        first_bytes = fetched_bytes(site, first_visit)
-        # the cache holds the page, the runtime and the model: never a photo
+        # the cache holds the page, the runtime and the models: never a photo
         stored_urls = page.evaluate("""async () => { const c = await caches.open(pocketcnn.state.plan.cache);
                                         return (await c.keys()).map(r => r.url); }""")
         assert {u.removeprefix(url) for u in stored_urls} >= {"", "model.tflite", "model-int8.tflite", "static/app.js"}
         assert not [u for u in stored_urls if "fmnist" in u or u.startswith("blob:")], stored_urls
 
-        # offline: reload, classify the same images; nothing reaches the server, the worker answers everything
-        context.set_offline(True)
-        before = len(seen)
-        page.reload()
-        page.evaluate("window.pocketcnn.ready")
-        assert page.evaluate("pocketcnn.state.mode") == "device"
-        cards = upload_and_read(page, images)
-        check_litert(page, cards, images, expected_litert)
-        assert http_log(log) == first_visit
-        offline_answers = [(m, u, sw) for m, u, sw in seen[before:] if u.startswith("http")]
-        assert offline_answers and all(sw for _, _, sw in offline_answers), offline_answers
-        assert not [s for s in seen[before:] if s[0] != "GET"]
-        page.screenshot(path=str(tmp_path / "browser-offline.png"), full_page=True)
-        context.set_offline(False)
-
-        # a second visit online: the cache answers; only offline.json and the worker's update check travel
-        page.reload()
-        page.evaluate("window.pocketcnn.ready")
-        second = http_log(log)[len(first_visit):]
-        second_bytes = fetched_bytes(site, second)
-        assert second_bytes < 0.01 * first_bytes, (second, second_bytes, first_bytes)
-        assert {p.split("?")[0] for _, p, _ in second} <= {"/offline.json", "/sw.js"}, second
-
-        # a new model at the same address: a new cache replaces the old one; the page names the new model
-        new_sha = rename_model(site, "squeezenet1_1-v2")
-        page.reload()
-        page.evaluate("window.pocketcnn.ready")
-        page.wait_for_function("pocketcnn.state.device && pocketcnn.state.device.info.name === 'squeezenet1_1-v2'",
-                               timeout=TIMEOUT_MS)
-        assert new_sha[:12] in page.inner_text("#model") and "squeezenet1_1-v2" in page.inner_text("#model")
-        new_cache = json.loads((site / "offline.json").read_text())["cache"]
-        assert new_sha in new_cache
-        page.wait_for_function(f"caches.keys().then(k => k.length === 1 && k[0] === {json.dumps(new_cache)})",
-                               timeout=TIMEOUT_MS)  # the old cache is deleted
-        page.wait_for_selector("#offline[data-ready=true]", timeout=TIMEOUT_MS)
-        again = upload_and_read(page, [images[0]])
-        check_litert(page, again, [images[0]], expected_litert)
+        check_offline_then_second_visit(context, page, seen, site, log, first_visit, images, expected_litert,
+                                        tmp_path)
+        check_a_new_model_replaces_the_cache(page, site, images, expected_litert)
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def check_offline_then_second_visit(context, page, seen, site: Path, log: Path, first_visit, images, expected_litert,
+                                    tmp_path: Path) -> None:
+    """Offline: reload and classify the same images, the worker answering every request and none reaching the
+    server; then a second visit online fetches under 1% of the first one's bytes (offline.json, sw.js)."""
+    context.set_offline(True)
+    before = len(seen)
+    page.reload()
+    page.evaluate("window.pocketcnn.ready")
+    assert page.evaluate("pocketcnn.state.mode") == "device"
+    cards = upload_and_read(page, images)
+    check_litert(page, cards, images, expected_litert)
+    assert http_log(log) == first_visit
+    offline_answers = [(m, u, sw) for m, u, sw in seen[before:] if u.startswith("http")]
+    assert offline_answers and all(sw for _, _, sw in offline_answers), offline_answers
+    assert not [s for s in seen[before:] if s[0] != "GET"]
+    page.screenshot(path=str(tmp_path / "browser-offline.png"), full_page=True)
+    context.set_offline(False)
+
+    page.reload()
+    page.evaluate("window.pocketcnn.ready")
+    second = http_log(log)[len(first_visit):]
+    second_bytes, first_bytes = fetched_bytes(site, second), fetched_bytes(site, first_visit)
+    assert second_bytes < 0.01 * first_bytes, (second, second_bytes, first_bytes)
+    assert {p.split("?")[0] for _, p, _ in second} <= {"/offline.json", "/sw.js"}, second
+
+
+def check_a_new_model_replaces_the_cache(page, site: Path, images, expected_litert) -> None:
+    """A new model at the same address: a new cache replaces the old one; the page names the new model."""
+    new_sha = rename_model(site, "squeezenet1_1-v2")
+    page.reload()
+    page.evaluate("window.pocketcnn.ready")
+    page.wait_for_function("pocketcnn.state.device && pocketcnn.state.device.info.name === 'squeezenet1_1-v2'",
+                           timeout=TIMEOUT_MS)
+    assert new_sha[:12] in page.inner_text("#model") and "squeezenet1_1-v2" in page.inner_text("#model")
+    new_cache = json.loads((site / "offline.json").read_text())["cache"]
+    assert new_sha in new_cache
+    page.wait_for_function(f"caches.keys().then(k => k.length === 1 && k[0] === {json.dumps(new_cache)})",
+                           timeout=TIMEOUT_MS)  # the old cache is deleted
+    page.wait_for_selector("#offline[data-ready=true]", timeout=TIMEOUT_MS)
+    again = upload_and_read(page, [images[0]])
+    check_litert(page, again, [images[0]], expected_litert)
 
 
 def test_serve_device_mode_sends_no_photo_and_works_offline(browser, serve_url, images, expected_litert):
