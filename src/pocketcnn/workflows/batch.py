@@ -337,6 +337,21 @@ def arrow_schema() -> Any:
 
 # ---------------------------------------------------------------------------------------------- writers
 
+def jsonl_lines(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def csv_lines(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(to_csv_row(r) for r in rows)
+    return buf.getvalue()
+
+
+# rows -> the text an output appends (Parquet's rows go to its JSON Lines journal)
+LINES: dict[str, Callable[[list[dict[str, Any]]], str]] = {"jsonl": jsonl_lines, "csv": csv_lines,
+                                                          "parquet": jsonl_lines}
+
+
 class _LineWriter:
     """Appends rows to a text file, each batch flushed and fsynced; a torn last line is cut first."""
 
@@ -352,11 +367,9 @@ class _LineWriter:
     def _header(self) -> None:
         pass
 
-    def _lines(self, rows: list[dict[str, Any]]) -> str:
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self.f.write(self._lines(rows))
+    def write_text(self, text: str) -> None:
+        """Append rows already in this file's text form (:data:`LINES`, made by the workers)."""
+        self.f.write(text)
         self.f.flush()
         os.fsync(self.f.fileno())
 
@@ -370,11 +383,6 @@ class _LineWriter:
 class _CsvWriter(_LineWriter):
     def _header(self) -> None:
         self.f.write(",".join(CSV_COLUMNS) + "\n")
-
-    def _lines(self, rows: list[dict[str, Any]]) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(to_csv_row(r) for r in rows)
-        return buf.getvalue()
 
 
 class _ParquetWriter(_LineWriter):
@@ -476,11 +484,17 @@ def _worker_init(model: str, threads: int | None, runtime: str) -> None:
     _WORKER["predictor"] = load_model(model, threads=threads, runtime=runtime)
 
 
-def _worker_chunk(paths: list[str], topk: int) -> tuple[list[dict[str, Any]], int]:
-    """In a worker: decode, preprocess and classify one chunk -> (rows, error rows)."""
-    predictor = _WORKER["predictor"]
+def classify_chunk(predictor: Any, paths: list[str], topk: int, fmt: str) -> tuple[str, int, int]:
+    """Decode, preprocess and classify one chunk -> (its rows as the output's text (:data:`LINES`), rows,
+    error rows). The text is made where the rows are: the writing process only appends it."""
     decoded = decode_chunk(predictor.spec, paths)
-    return rows_for(predictor, *decoded, topk=topk), len(decoded[2])
+    rows = rows_for(predictor, *decoded, topk=topk)
+    return LINES[fmt](rows), len(rows), len(decoded[2])
+
+
+def _worker_chunk(paths: list[str], topk: int, fmt: str) -> tuple[str, int, int]:
+    """In a worker: :func:`classify_chunk` with the worker's own predictor."""
+    return classify_chunk(_WORKER["predictor"], paths, topk, fmt)
 
 
 def _chunks(paths: Iterator[str], size: int, skip: set[str]) -> Iterator[list[str]]:
@@ -620,18 +634,15 @@ def run_batch(job: BatchJob, progress: Callable[[Progress], None] | None = None,
     stop = _Stop() if handle_signals else None
     try:
         if job.workers == 0:
-            def local(chunk: list[str]) -> tuple[list[dict[str, Any]], int]:
-                decoded = decode_chunk(predictor.spec, chunk)
-                return rows_for(predictor, *decoded, topk=job.topk), len(decoded[2])
-
-            results: Iterator[tuple[list[dict[str, Any]], int]] = map(local, chunks)
+            results: Iterator[tuple[str, int, int]] = (classify_chunk(predictor, chunk, job.topk, job.format)
+                                                       for chunk in chunks)
         else:
             pool = ProcessPoolExecutor(job.workers, mp_context=_mp_context(_forkable(job)), initializer=_worker_init,
                                        initargs=(str(job.model), job.threads, job.runtime))
-            results = _in_order(pool, chunks, job.topk, limit=2 * job.workers + 2, out=out)
-        for rows, errors in results:
-            writer.write(rows)
-            done += len(rows)
+            results = _in_order(pool, chunks, (job.topk, job.format), limit=2 * job.workers + 2, out=out)
+        for text, rows, errors in results:
+            writer.write_text(text)
+            done += rows
             failed += errors
             if progress is not None:
                 progress(Progress(done, failed, len(job.skip), time.perf_counter() - start))
@@ -647,14 +658,14 @@ def run_batch(job: BatchJob, progress: Callable[[Progress], None] | None = None,
                        job.workers, job.batch_size, stop.signal if stop is not None else None)
 
 
-def _in_order(pool: Any, chunks: Iterator[list[str]], topk: int, limit: int, out: Path) -> Iterator[Any]:
+def _in_order(pool: Any, chunks: Iterator[list[str]], args: tuple[Any, ...], limit: int, out: Path) -> Iterator[Any]:
     """The workers' results in the order of ``chunks``, at most ``limit`` chunks in flight
     (bounded memory; the workers never wait for work). A worker that dies (killed, out of
     memory, a crash in a decoder) ends the run with one line, not a hang."""
     pending: deque[Any] = deque()
     try:
         for chunk in chunks:
-            pending.append(pool.submit(_worker_chunk, chunk, topk))
+            pending.append(pool.submit(_worker_chunk, chunk, *args))
             if len(pending) >= limit:
                 yield pending.popleft().result()
         while pending:
