@@ -99,6 +99,22 @@ def check_out_folder(out: str | Path, *, force: bool, resume: bool) -> Path:
     return out
 
 
+def _start_ray(ray: Any, address: str | None, workers: int | None) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local runtime with ``workers`` CPUs
+    (default: this machine's); nothing when Ray is already up. Whether this call started it."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None  # as ray.init itself reads it
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        from .batch import default_workers
+
+        ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    return True
+
+
 def predict_batch_ray(model: str | Path, sources: list[str], out: str | Path, *, fmt: str | None = None,
                       address: str | None = None, workers: int | None = None, batch_size: int = BATCH_SIZE,
                       topk: int = 5, resume: bool = False, force: bool = False,
@@ -119,17 +135,7 @@ def predict_batch_ray(model: str | Path, sources: list[str], out: str | Path, *,
     # rows name the images as listed; actors open them by absolute path (their working folder is not ours)
     items = [{"image": p, "file": os.path.abspath(p)} for p in iter_sources(sources)]
 
-    started = False
-    address = address or os.environ.get("RAY_ADDRESS") or None  # as ray.init itself reads it
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            from .batch import default_workers
-
-            ray.init(num_cpus=workers_given or default_workers(), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
-        started = True
+    started = _start_ray(ray, address, workers_given)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = show_progress
@@ -138,6 +144,8 @@ def predict_batch_ray(model: str | Path, sources: list[str], out: str | Path, *,
             logging.getLogger(name).setLevel(logging.ERROR)
         actors = workers_given or max(1, int(ray.cluster_resources().get("CPU", 1)))
         blocks = max(4 * actors, math.ceil(len(items) / ROWS_PER_BLOCK))
+        # a call takes at most a block: a larger one would wait for blocks to bundle and leave actors idle
+        per_call = max(batch_size, min(RAY_BATCH, math.ceil(len(items) / blocks)))
         for old in (out.iterdir() if out.is_dir() else ()):  # --force (checked above): earlier output files
             old.unlink()
         start = time.perf_counter()
@@ -145,7 +153,7 @@ def predict_batch_ray(model: str | Path, sources: list[str], out: str | Path, *,
         del items
         ds = ds.map_batches(BatchPredictor, fn_constructor_kwargs={"model": model, "topk": topk,
                                                                   "batch_size": batch_size, "threads": 1},
-                            batch_size=max(batch_size, RAY_BATCH), batch_format="pyarrow",
+                            batch_size=per_call, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ACTOR_CPUS)
         if fmt == "parquet":
             ds.write_parquet(str(out.resolve()))
