@@ -708,7 +708,7 @@ def test_litert_times_fp32_and_int8_runs_the_faster_and_int8_equals_python_liter
     d = page.evaluate("({precision: pocketcnn.state.device.precision, choice: pocketcnn.state.device.choice})")
     timings = d["choice"]["timings"]
     assert timings["fp32"] > 0 and timings["int8"] > 0 and d["choice"]["asked"] == "auto"
-    faster = "int8" if timings["int8"] < timings["fp32"] else "fp32"
+    faster = "int8" if timings["int8"] < 0.95 * timings["fp32"] else "fp32"  # INT8 when 5% faster or more
     assert d["precision"] == d["choice"]["faster"] == faster  # the faster one, measured here
     label = {"int8": "INT8", "fp32": "fp32"}[faster]
     note = page.inner_text("#mode-note")

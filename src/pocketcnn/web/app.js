@@ -17,7 +17,10 @@ const TOPK = 5;
 const MODES = ["server", "device"];
 const RUNTIMES = { litert: "LiteRT.js", ort: "ONNX Runtime Web" };
 const PRECISIONS = { auto: "the faster here", fp32: "fp32", int8: "INT8" }; // LiteRT.js's two .tflite files
-const TIMING = { warmup: 2, runs: 5 }; // per file, on a blank input, to choose between fp32 and INT8
+const TIMING = { warmup: 2, runs: 9 }; // per file, on a blank input, to choose between fp32 and INT8
+// INT8 runs by itself only when at least this much faster: within it the timing's noise decides, and the
+// fp32 file is the exact model
+const INT8_LEAD = 0.05;
 const body = document.body;
 const API = body.dataset.api || ""; // "" in a static folder: no server
 const MODEL_URLS = { ort: body.dataset.model, litert: body.dataset.tflite, int8: body.dataset.tfliteInt8 };
@@ -524,7 +527,8 @@ async function timePrecisions(lt, device) {
 
 /**
  * Choose the file LiteRT.js runs: the visitor's choice (?precision=, or the one made on this page
- * before), else the faster of the two as measured on this device (once; remembered).
+ * before), else the faster of the two as measured on this device (once; remembered): INT8 when it
+ * leads fp32 by INT8_LEAD or more.
  */
 async function choosePrecision(device, lt) {
   const key = precisionKey(device);
@@ -535,7 +539,7 @@ async function choosePrecision(device, lt) {
     timings = await timePrecisions(lt, device);
   }
   const asked = query.get("precision") || stored.asked || "auto";
-  const faster = timings.int8 < timings.fp32 ? "int8" : "fp32";
+  const faster = timings.int8 < (1 - INT8_LEAD) * timings.fp32 ? "int8" : "fp32";
   device.precision = asked === "auto" ? faster : asked;
   device.choice = { asked, faster, timings, remembered: Boolean(stored.timings) };
   remember(key, { timings, asked: query.get("precision") ? stored.asked || "auto" : asked, at: new Date().toISOString() });
