@@ -25,7 +25,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..envvars import environ
 from ..errors import ConfigError, DataError, ExportError, MissingDependencyError, first_line
 from ..fileio import atomic_write_bytes
 from ..runtime.litert import INSTALL, add_tflite_metadata, quiet_native_logs
@@ -94,23 +94,16 @@ def _litert() -> Any:
 @contextlib.contextmanager
 def quiet_converter() -> Iterator[None]:
     """The converter's progress lines, warnings and log records stay out of the caller's output."""
-    settings = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
-    before = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
     level = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), quiet_native_logs():
+        with environ({"LITERT_TORCH_SHOW_PROGRESS": "n"}), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                quiet_native_logs():
             warnings.simplefilter("ignore")
             yield
     finally:
         logging.disable(level)
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def export_tflite(model: nn.Module, path: str | Path, *, input_size: tuple[int, int, int],
