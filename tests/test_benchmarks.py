@@ -123,7 +123,7 @@ def test_fashion_mnist_benchmark_weight_decay_override_is_its_own_run(tmp_path, 
     assert [(r["run"], r["config"]["weight_decay"]) for r in rows] == [
         ("mobilenet_v3_small_2ep", 0.05), ("mobilenet_v3_small_2ep_wd0.1", 0.1)]
     assert "| 2 | 28 | 0.25 | 0.1 | 60,000 |" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="weight_decay >= 0"):
+    with pytest.raises(ConfigError, match="weight_decay must be a number >= 0"):
         bench.main([*args, "--weight-decay", "-1"])
 
 
