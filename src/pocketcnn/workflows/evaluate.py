@@ -45,8 +45,11 @@ def evaluate_checkpoint(checkpoint: str | Path, settings: EvalSettings = EvalSet
     model = model_from_checkpoint(ckpt, use_ema=s.use_ema, source=str(checkpoint)).to(device)  # before the data
     spec = DataSpec.from_dict(ckpt["data"]) if ckpt.get("data") else None
     name = s.data or (spec.name if spec else None)
-    if spec is None or name is None:
+    if name is None:
         raise ConfigError(f"{checkpoint}: no data set recorded in the checkpoint; pass --data")
+    if spec is None:
+        raise ConfigError(f"{checkpoint}: the checkpoint records no preprocessing (its 'data' entry), so its "
+                          "test images cannot be prepared")
     ds = balanced_subset(_test_images(ckpt.get("config", {}), name, spec, s), s.test_samples, seed=0)
     if len(ds.classes) != spec.num_classes:
         raise ConfigError(f"{checkpoint}: model has {spec.num_classes} classes, "
