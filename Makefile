@@ -14,10 +14,14 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 endif
 # Extras of pyproject.toml to install (train: PyTorch and the rest of the training side).
 # Each set of extras has its own stamp, so asking for more extras installs them into an
-# existing .venv (CI adds mobile, the ExecuTorch extra).
-EXTRAS ?= train,dev
-comma  := ,
-STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# existing .venv. `make test` installs TEST_EXTRAS: every test runs, the phone formats'
+# too (mobile: ExecuTorch and Core ML; litert: .tflite files, which the browser page runs).
+EXTRAS      ?= train,dev
+TEST_EXTRAS ?= train,dev,mobile,litert
+comma := ,
+stamp  = $(VENV)/.installed-$(subst $(comma),-,$(1))
+STAMP      := $(call stamp,$(EXTRAS))
+TEST_STAMP := $(call stamp,$(TEST_EXTRAS))
 CHROMIUM ?= /usr/lib/chromium/chromium
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FMNIST_FILE := $(FMNIST_DIR)/train-images-idx3-ubyte.gz
@@ -28,11 +32,12 @@ LIGHT_DIR  := build/light
 .PHONY: setup data browser demo test test-light lint bench clean
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# One stamp per set of extras: .venv/.installed-train-dev installs '.[train,dev]'.
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -e '.[$(subst -,$(comma),$*)]'
 	touch $@
 
 data:
@@ -49,7 +54,7 @@ data:
 # The browser tests: Debian's Chromium and the pinned browser runtimes, ONNX Runtime Web and LiteRT.js
 # (npm pack, each checked against its npm integrity hash, about 47 MB downloaded once, never from a
 # CDN; `pocketcnn web-runtime` does the same for an installed wheel).
-browser: setup
+browser: $(TEST_STAMP)
 	@if [ ! -x "$(CHROMIUM)" ] && command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; echo "installing Debian package chromium"; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; fi
@@ -58,7 +63,7 @@ browser: setup
 demo: setup data
 	$(VENV)/bin/pocketcnn demo $(DEMO_ARGS)
 
-test: setup data browser
+test: $(TEST_STAMP) data browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # A second virtual environment with only the base install (no torch), running the light

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pocketcnn.export.web import litert_available
 from pocketcnn.runtime.web import find_litert_js, find_ort_web
 from test_web import oversized_files  # tests/ is on sys.path (rootdir-relative test modules)
 
@@ -56,6 +57,9 @@ try:
     from playwright.sync_api import sync_playwright
 except ImportError:
     pytest.skip("Playwright for Python is not installed (pip install playwright)", allow_module_level=True)
+if not litert_available():
+    pytest.skip("the litert extra is not installed, so the page's LiteRT.js files (model.tflite, model-int8.tflite) "
+                "cannot be written: pip install 'pocketcnn[litert]' (make test installs it)", allow_module_level=True)
 if find_ort_web() is None or find_litert_js() is None:
     pytest.skip("the browser runtimes (ONNX Runtime Web, LiteRT.js) are missing: run 'pocketcnn web-runtime'",
                 allow_module_level=True)

@@ -243,7 +243,12 @@ def test_cli_export_web_folder_as_typed(tmp_path, as_json):
     assert (site / "model-int8.tflite").is_file() == bool(int8)
     if as_json:
         d = json.loads(res.stdout)
-        assert d["path"] == str(site) and d["format"] == "web" and d["warnings"] == []
+        assert d["path"] == str(site) and d["format"] == "web"
+        if HAS_LITERT:
+            assert d["warnings"] == []
+        else:  # the page runs ONNX Runtime Web only, and the export says why
+            assert [w.split(":")[0] for w in d["warnings"]] == ["no model.tflite (LiteRT.js, the faster runtime in the browser)"]
+            assert "pip install 'pocketcnn[litert]'" in d["warnings"][0]
         assert d["total_bytes"] == sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
         assert d["verification"]["passed"] is True
         if HAS_LITERT:
@@ -257,6 +262,8 @@ def test_cli_export_web_folder_as_typed(tmp_path, as_json):
         lines = res.stdout.splitlines()
         assert res.stdout.startswith(f"wrote {site}/ (") and lines[1].startswith("model.onnx: verified with onnxruntime")
         assert f"python -m http.server -d {site} 8080" in res.stdout
+        if not HAS_LITERT:
+            assert "warning no model.tflite" in res.stderr and "pip install 'pocketcnn[litert]'" in res.stderr
         if HAS_LITERT:
             assert lines[2].startswith("model.tflite (") and "fp32): verified with litert on 2 " in lines[2]
         if int8:
