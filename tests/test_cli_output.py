@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pocketcnn.cli.common import echo_json
+from pocketcnn.cli.common import echo_json, err_console, out_console, tagged
 
 
 def strict_loads(text: str):
@@ -36,3 +36,20 @@ def test_json_output_is_strict_json():
 def test_strict_loads_refuses_nan():
     with pytest.raises(ValueError, match="NaN is not JSON"):
         strict_loads('{"a": NaN}')
+
+
+@click.command()
+def _say():
+    tagged("warning", "yellow", "no model.tflite: the litert extra is not installed (pip install 'pocketcnn[litert]')")
+    err_console.print("runs/[red]/best.pt")
+    out_console.print("class [bold] shirt")
+
+
+def test_text_output_prints_brackets_as_written():
+    """Install hints, paths and class names reach the user whole: rich markup would take ``[litert]``,
+    ``[red]`` or ``[bold]`` for a style and drop it (``export`` told a user to run ``pip install 'pocketcnn'``)."""
+    res = CliRunner().invoke(_say)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines() == ["warning no model.tflite: the litert extra is not installed "
+                                       "(pip install 'pocketcnn[litert]')", "runs/[red]/best.pt"]
+    assert res.stdout == "class [bold] shirt\n"

@@ -223,6 +223,21 @@ def test_cli_predict_table_and_errors(files, cli_runner, tmp_path):
     assert res.exit_code == 1 and "bad.onnx" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_cli_predict_text_keeps_brackets_in_names(files, cli_runner, tmp_path):
+    """Text mode prints paths and errors as they are: rich took ``[red]`` or ``[litert]`` for a style and dropped it."""
+    import shutil
+
+    from pocketcnn.cli import cli
+
+    photo = tmp_path / "shirt[1].png"
+    shutil.copy(files["images"]["gray.png"], photo)
+    missing = tmp_path / "[red]gone.png"
+    res = cli_runner.invoke(cli, ["predict", str(files["onnx"]), str(photo), str(missing)])
+    assert res.exit_code == 1
+    assert str(photo) in res.stdout
+    assert any(line.startswith("error ") and str(missing) in line for line in res.stderr.splitlines()), res.stderr
+
+
 def test_cli_predict_name_with_imagenet_weights(files, tmp_path, cli_runner):
     from pocketcnn.cli import cli
 

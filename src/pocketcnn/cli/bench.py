@@ -4,9 +4,10 @@ from __future__ import annotations
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..validate import check_int
-from .common import ModelName, echo_json, err_console, out_console
+from .common import ModelName, echo_json, err_console, out_console, tagged
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -58,14 +59,14 @@ def bench(names, runtimes, batch_sizes, threads, input_size, reference, as_json,
 
         bench_chart(report.results, plot)
     for line in report.skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
+        tagged("skipped", "yellow", line)
     if as_json:
         echo_json(report.to_records())
         return
     out_console.print(_table(report))
     notes = {r.runtime: r.note for r in report.results if r.note}
     for rt, note in notes.items():
-        err_console.print(f"[dim]{rt}: {note}[/dim]", highlight=False)
+        err_console.print(Text(f"{rt}: {note}", style="dim"), highlight=False, soft_wrap=True)
 
 
 def _run_with_progress_bar(config):

@@ -9,12 +9,21 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 
 # Progress bars and tables go to stderr so that --json on stdout stays parseable.
 # Not on a terminal (pipes, CI logs), tables get a wide fixed width instead of rich's 80.
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-out_console = Console(width=None if sys.stdout.isatty() else 140)
+# No console markup: the text printed carries paths, class names and install hints such as
+# pip install 'pocketcnn[litert]', whose brackets rich would take for a style and drop; styles
+# are given as Text spans instead (see tagged).
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140, markup=False)
+out_console = Console(width=None if sys.stdout.isatty() else 140, markup=False)
+
+
+def tagged(tag: str, style: str, message: str, *, console: Console = err_console) -> None:
+    """One line: ``tag`` in ``style`` (e.g. a yellow "warning"), then ``message`` printed as it is."""
+    console.print(Text.assemble((tag, style), " ", message), highlight=False, soft_wrap=True)
 
 
 def echo_json(obj: Any) -> None:
@@ -80,7 +89,7 @@ class RichProgress:
     def on_start(self, notes: list[str]) -> None:
         """What the set-up chose (input size, pretrained weights, frozen layers): one line each, unless quiet."""
         for note in (*self.preface, *(notes if self.verbose else ())):
-            err_console.print(f"[dim]train:[/dim] {note}", highlight=False, soft_wrap=True)
+            tagged("train:", "dim", note)
 
     def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if not self.enabled:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from .common import RichProgress, echo_json, err_console, out_console
+from .common import RichProgress, echo_json, err_console, out_console, tagged
 
 
 @click.command()
@@ -41,7 +41,7 @@ def compress(checkpoint, sparsity, prune_steps, probe_samples, tolerance, bits, 
                                 tolerance=tolerance, bits=bits, bits_fc=bits_fc, finetune_epochs=finetune_epochs,
                                 finetune_samples=train_samples, lr=lr, data_dir=data_dir, test_samples=test_samples)
     done = compress_checkpoint(checkpoint, out, settings, callbacks=RichProgress(not quiet and err_console.is_terminal),
-                               log=None if quiet else lambda msg: err_console.print(f"[dim]compress:[/dim] {msg}"))
+                               log=None if quiet else lambda msg: tagged("compress:", "dim", msg))
     report, result, path = done.to_dict(), done.result, done.file
     if as_json:
         echo_json(report)

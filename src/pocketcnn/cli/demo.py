@@ -7,7 +7,7 @@ import time
 import click
 from rich.table import Table
 
-from .common import echo_json, err_console, out_console
+from .common import echo_json, err_console, out_console, tagged
 
 
 class DemoProgress:
@@ -76,7 +76,7 @@ def demo(models, budget_minutes, out, data_dir, fresh, test_samples, no_chain, a
 
     names = tuple(m.strip() for m in models.split(",") if m.strip()) if models else DEFAULT_MODELS
     budget_minutes = budget_minutes or DEFAULT_BUDGET_MINUTES
-    log = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"[dim]demo:[/dim] {msg}"))
+    log = (lambda msg: None) if quiet else (lambda msg: tagged("demo:", "dim", msg))
     board = run_demo(names, budget_minutes=budget_minutes, out=out, data_dir=data_dir, fresh=fresh,
                      test_samples=test_samples, chain=not no_chain,
                      make_callbacks=lambda name, plan: DemoProgress(name, plan.train_samples, plan.epochs,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import echo_json, err_console, out_console
+from .common import echo_json, out_console, tagged
 
 from ..artifacts.formats import EXPORT_FORMATS, export_suffix
 
@@ -69,7 +69,7 @@ def export(source, weights, fmt, opset, dynamic_batch, int8, calib_data, calib_s
     else:
         _print_file(result, fmt)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+        tagged("warning", "yellow", warning)
 
 
 def _verified(v) -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ..workflows.predict import FP32_PATHS
-from .common import echo_json, err_console, out_console
+from .common import echo_json, err_console, out_console, tagged
 
 PROGRESS_EVERY = 10_000  # images between progress lines when stderr is not a terminal
 BATCH_ONLY = ("workers", "batch_size", "resume", "force", "engine", "address", "fmt")
@@ -190,7 +189,7 @@ def _predict_files(model, images, weights, topk, threads, runtime, as_json) -> N
     else:
         for r in results:
             if not r.ok:
-                err_console.print(f"[red]error[/red] {escape(r.error or '')}", highlight=False, soft_wrap=True)
+                tagged("error", "red", r.error or "")
                 continue
             out_console.print(Text(r.image, style="bold"), soft_wrap=True)  # a long path stays one line
             table = Table("rank", "class", "index", "probability")
