@@ -67,12 +67,7 @@ def load_image(image: ImageSource, *, name: str | None = None) -> Image.Image:
             raise DataError(f"{label}: empty, not an image")
         source: object = io.BytesIO(bytes(image))
     elif isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.exists():
-            raise DataError(f"{label}: no such file")
-        if path.is_dir():
-            raise DataError(f"{label}: is a folder, not an image")
-        source = path
+        source = image  # a missing file or a folder is told by open() below: no stat calls first
     else:
         raise DataError(f"{label}: expected a file path, bytes or a PIL image, received {type(image).__name__}")
     try:
@@ -82,9 +77,14 @@ def load_image(image: ImageSource, *, name: str | None = None) -> Image.Image:
                 raise DataError(f"{label}: image of {img.width}x{img.height} = {pixels:,} pixels is over the "
                                 f"limit of {pixel_limit():,} (possible decompression bomb)")
             img.load()  # decode now: a truncated file fails here, not later
-            return ImageOps.exif_transpose(img)  # a decoded copy, rotated as the camera meant
+            ImageOps.exif_transpose(img, in_place=True)  # rotated as the camera meant, without a copy
+            return img
     except DataError:
         raise
+    except FileNotFoundError:
+        raise DataError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{label}: is a folder, not an image") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"{label}: refused as a possible decompression bomb ({first_line(exc)})") from None
     except UnidentifiedImageError:
