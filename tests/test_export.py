@@ -241,6 +241,11 @@ def test_cli_export_web_folder_as_typed(tmp_path, as_json):
     assert "Traceback" not in res.stderr and (site / "index.html").is_file() and (site / "model.onnx").is_file()
     int8 = HAS_LITERT and FMNIST_FILES  # calibrated on the Debian Fashion-MNIST files
     assert (site / "model-int8.tflite").is_file() == bool(int8)
+    if int8:  # float32 in and out around an int8 graph: a quantized file all the same
+        from pocketcnn.runtime.litert import LiteRtRunner
+
+        fp32, q = LiteRtRunner(site / "model.tflite"), LiteRtRunner(site / "model-int8.tflite")
+        assert (fp32.precision, fp32.int8, q.precision, q.int8) == ("fp32", False, "int8", False)
     if as_json:
         d = json.loads(res.stdout)
         assert d["path"] == str(site) and d["format"] == "web"

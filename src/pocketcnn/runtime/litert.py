@@ -110,7 +110,8 @@ class LiteRtRunner:
     """A ``.tflite`` file in the LiteRT interpreter: ``run`` float32 ``(N, C, H, W)`` -> float32 ``(N, classes)``.
 
     Attributes: ``runtime`` ("litert"), ``path``, ``metadata``, ``layout`` ("NHWC" or "NCHW"),
-    ``int8`` (the input is integer), ``precision``, ``threads``, ``max_batch`` (None while the
+    ``int8`` (the input is integer), ``precision`` ("int8" for a quantized file, also one with a float32
+    interface), ``threads``, ``max_batch`` (None while the
     interpreter resizes to any batch; the file's batch size once it has refused to).
     Calls are serialized: one interpreter runs one batch at a time.
     """
@@ -140,7 +141,8 @@ class LiteRtRunner:
         self.input_shape = [int(d) for d in inp["shape"]]
         self.file_batch = max(1, self.input_shape[0]) if self.input_shape else 1
         self.int8 = np.dtype(inp["dtype"]) in (np.dtype(np.int8), np.dtype(np.uint8))
-        self.precision = "int8" if self.int8 else "fp32"
+        # a quantized file says so in its metadata, whatever its interface (the page's INT8 file takes float32)
+        self.precision = "int8" if self.int8 or self.metadata.get("quantization") else "fp32"
         self.max_batch: int | None = None
 
     def _new(self) -> Any:
