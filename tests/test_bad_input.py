@@ -155,3 +155,17 @@ def test_a_bad_image_is_its_own_record_the_others_still_predict(corpus, cli_runn
     for err, expected in zip(errors, ("decompression bomb", "not an image", "no such file", "is a folder",
                                       "not an image")):
         assert expected in err, err
+
+
+def test_number_limits_read_as_typed():
+    """A refused number states its limits as a user would type them (1000000, not 1e+06)."""
+    from pocketcnn.errors import ConfigError
+    from pocketcnn.serve.settings import ServeSettings
+    from pocketcnn.validate import check_number
+
+    with pytest.raises(ConfigError, match=r"^max_wait_ms must be a number in \[0, 1000000\), received max_wait_ms=2000000\.0$"):
+        ServeSettings(model_path="m.onnx", max_wait_ms=2e6)
+    with pytest.raises(ConfigError, match=r"^p must be a number in \(0, 0\.5\], received p=0\.7$"):
+        check_number("p", 0.7, 0, 0.5, low_open=True)
+    with pytest.raises(ConfigError, match=r"^lr must be a number >= 1e-08, received lr=0$"):
+        check_number("lr", 0, 1e-8)

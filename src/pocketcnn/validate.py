@@ -29,6 +29,11 @@ def check_int(name: str, value: Any, low: int = 1, high: int | None = None, *, o
     raise error(f"{name} must be {rule}, received {name}={value!r}")
 
 
+def _shown(bound: float) -> str:
+    """A bound as a user types it: 1000000, not 1e+06; 0.5; 1e-08."""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e15 else f"{bound:g}"
+
+
 def check_number(name: str, value: Any, low: float | None = None, high: float | None = None, *,
                  low_open: bool = False, high_open: bool = False, optional: bool = False,
                  error: type[PocketCNNError] = ConfigError) -> Any:
@@ -44,11 +49,11 @@ def check_number(name: str, value: Any, low: float | None = None, high: float | 
     if ok:
         return value
     if low is not None and high is not None:
-        rule = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        rule = f"a number in {'(' if low_open else '['}{_shown(low)}, {_shown(high)}{')' if high_open else ']'}"
     elif low is not None:
-        rule = f"a number {'>' if low_open else '>='} {low:g}"
+        rule = f"a number {'>' if low_open else '>='} {_shown(low)}"
     elif high is not None:
-        rule = f"a number {'<' if high_open else '<='} {high:g}"
+        rule = f"a number {'<' if high_open else '<='} {_shown(high)}"
     else:
         rule = "a number"
     raise error(f"{name} must be {rule}, received {name}={value!r}")
