@@ -19,7 +19,7 @@ from ..validate import check_int
 from .cpu import CpuInfo, cpu_info
 from .runtimes import (INT8_RUNTIMES, REFERENCE_RUNTIMES, RUNTIMES, Runtime, RuntimeUnavailable, build_runtime,
                        parse_runtimes, reference_model)
-from .timing import RATIO_KEYS, BenchResult, _num_threads, _trim_heap, matmul_peak_gflops, measure_many
+from .timing import RATIO_KEYS, BenchResult, matmul_peak_gflops, measure_many, torch_threads, trim_heap
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -121,7 +121,7 @@ def run_benchmark(config: BenchConfig, *, progress: ProgressFn | None = None) ->
     torch.manual_seed(0)
     for i, model_name in enumerate(config.models):
         results += _bench_model(config, model_name, ours, refs, peak, notify, i * per_model, skipped)
-        _trim_heap()
+        trim_heap()
     notify(notify.total, "done")
     return BenchReport(_with_ratios(results), peak, config.threads, skipped)
 
@@ -170,7 +170,7 @@ def _build_runtimes(config: BenchConfig, model_name: str, wanted: list[tuple[str
     for rt_name, net in wanted:
         step(f"{model_name} / {rt_name}: building")
         try:
-            with _num_threads(config.threads):  # type: ignore[arg-type]
+            with torch_threads(config.threads):  # type: ignore[arg-type]
                 label = f"torchvision.{model_name}" if rt_name in REFERENCE_RUNTIMES else model_name
                 built[rt_name] = build_runtime(rt_name, net, input_size=size, threads=config.threads,
                                                workdir=workdir, label=label)

@@ -91,7 +91,7 @@ def matmul_peak_gflops(threads: int | None = None, *, n: int = 2048, min_time: f
         gen = torch.Generator().manual_seed(0)
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
         out = torch.empty(n, n)
-        with _num_threads(threads):
+        with torch_threads(threads):
             torch.mm(a, b, out=out)  # warm-up
             best, start = math.inf, time.perf_counter()
             while time.perf_counter() - start < min_time or best is math.inf:
@@ -103,7 +103,8 @@ def matmul_peak_gflops(threads: int | None = None, *, n: int = 2048, min_time: f
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int):
+def torch_threads(threads: int):
+    """PyTorch's intra-op threads set to ``threads`` inside the block, restored after it."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -115,7 +116,7 @@ def _num_threads(threads: int):
 _LIBC: Any = None
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Return freed heap to the OS (glibc), so the next high-water mark starts from real use."""
     global _LIBC
     gc.collect()
@@ -136,7 +137,7 @@ class _PeakMemory:
     """
 
     def __enter__(self) -> _PeakMemory:
-        _trim_heap()
+        trim_heap()
         self.mb: float | None = None
         self._linux = False
         try:
@@ -312,7 +313,7 @@ def _time_runtimes(fns: dict[str, Callable[[torch.Tensor], Any]], recipe: Timing
     x = batch if batch is not None else torch.randn(recipe.batch_size, *recipe.input_size,
                                                     generator=torch.Generator().manual_seed(recipe.seed))
     live = _Live(fns, errors)
-    with _num_threads(recipe.threads), torch.inference_mode():  # type: ignore[arg-type]
+    with torch_threads(recipe.threads), torch.inference_mode():  # type: ignore[arg-type]
         peaks = _warm_up(live, x, recipe, on_step)
         times = _timed_rounds(live, x, recipe, on_step)
     return [_record(model_name, name, times[name], recipe, peaks.get(name), macs_of.get(name), peak_gflops,

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import html
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ class ModelService:
         self.path = Path(settings.model_path)
         self.name = self.predictor.model or self.path.stem
         self.metrics = ServeMetrics()
-        self.decode_pool = ThreadPoolExecutor(max(2, default_threads()), thread_name_prefix="pocketcnn-decode")
+        self.decode_workers = max(2, default_threads())
+        self.decode_pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="pocketcnn-decode")
         self.model_pool = ThreadPoolExecutor(runs, thread_name_prefix="pocketcnn-model")
         self.batcher = DynamicBatcher(score_batch(self.predictor), max_batch=settings.max_batch,
                                       max_wait_s=settings.max_wait_ms / 1000.0, executor=self.model_pool,
@@ -63,10 +65,15 @@ class ModelService:
 
     def decode(self, uploads: tuple[Upload, ...]) -> list[np.ndarray | str]:
         """Each upload -> float32 ``(C, S, S)`` or the one-line error (runs in the decode pool)."""
+        return self.decode_named((up.data, up.name) for up in uploads)
+
+    def decode_named(self, images: Iterable[tuple[bytes, str]]) -> list[np.ndarray | str]:
+        """Each ``(encoded image, the name its error gives)`` -> float32 ``(C, S, S)`` or that one-line error:
+        one image's failure never fails the others (``/v1`` and ``/v2`` alike)."""
         out: list[np.ndarray | str] = []
-        for up in uploads:
+        for data, name in images:
             try:
-                out.append(self.predictor.preprocess(up.data, name=up.name))
+                out.append(self.predictor.preprocess(data, name=name))
             except PocketCNNError as exc:
                 out.append(str(exc))
         return out

@@ -112,7 +112,7 @@ class V2Handlers:
         self.service = service
         self.settings = service.settings
         self.sig = signature(service.predictor)
-        self.workers = max(1, getattr(service.decode_pool, "_max_workers", 1))
+        self.workers = service.decode_workers
 
     def routes(self) -> list[BaseRoute]:
         """Server routes, then each model route under ``/v2/models/{model}`` and ``.../versions/{version}``."""
@@ -183,13 +183,7 @@ class V2Handlers:
 
     def decode(self, images: tuple[bytes, ...], first: int) -> list[np.ndarray | str]:
         """Images ``first, first + 1, ...`` -> float32 ``(C, S, S)`` each, or its one-line error."""
-        out: list[np.ndarray | str] = []
-        for i, data in enumerate(images, first):
-            try:
-                out.append(self.service.predictor.preprocess(data, name=f"{self.sig.image_input}[{i}]"))
-            except PocketCNNError as exc:
-                out.append(str(exc))
-        return out
+        return self.service.decode_named((data, f"{self.sig.image_input}[{i}]") for i, data in enumerate(images, first))
 
     async def decode_in_parallel(self, images: tuple[bytes, ...]) -> list[np.ndarray | str]:
         """Many images: one slice per decode pool thread, all at the same time."""
