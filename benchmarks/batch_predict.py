@@ -19,10 +19,11 @@ images/s is the images over the wall time from spawn to exit (start-up included)
 engines' own time without start-up (their ``--json`` summary) is printed beside it. Peak RSS
 sums every process of the command's tree (the Ray runtime's too), sampled from /proc every
 100 ms (one scan of /proc costs about 5 ms of CPU here: sampled every 20 ms, the sampler took a
-tenth of a core from the commands it measured), and so does the CPU time per image (user + system of every process the command started,
-orphans included: what the work costs, which the machine's other load changes far less than the
-rates). The best of ``--repeats`` runs is kept (the machine is shared). Prints a markdown table
-and the load average; ``--out`` writes the rows as JSON.
+tenth of a core from the commands it measured), and so does the CPU time per image (user +
+system of every process the command started, orphans included: what the work costs, which the
+machine's other load changes far less than the rates). The best of ``--repeats`` runs is kept
+(the machine is shared). Prints a markdown table and the load average; ``--out`` writes the
+rows as JSON.
 """
 from __future__ import annotations
 

@@ -267,10 +267,10 @@ def test_cli_export_web_folder_as_typed(tmp_path, as_json):
         lines = res.stdout.splitlines()
         assert res.stdout.startswith(f"wrote {site}/ (") and lines[1].startswith("model.onnx: verified with onnxruntime")
         assert f"python -m http.server -d {site} 8080" in res.stdout
-        if not HAS_LITERT:
-            assert "warning no model.tflite" in res.stderr and "pip install 'pocketcnn[litert]'" in res.stderr
         if HAS_LITERT:
             assert lines[2].startswith("model.tflite (") and "fp32): verified with litert on 2 " in lines[2]
+        else:
+            assert "warning no model.tflite" in res.stderr and "pip install 'pocketcnn[litert]'" in res.stderr
         if int8:
             assert lines[3].startswith("model-int8.tflite (") and "int8): verified with litert on 200 " in lines[3]
             assert "calibrated on 64 fashion-mnist train images" in lines[3] and "top-1 agreement" in lines[3]

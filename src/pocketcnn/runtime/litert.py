@@ -110,9 +110,9 @@ class LiteRtRunner:
     """A ``.tflite`` file in the LiteRT interpreter: ``run`` float32 ``(N, C, H, W)`` -> float32 ``(N, classes)``.
 
     Attributes: ``runtime`` ("litert"), ``path``, ``metadata``, ``layout`` ("NHWC" or "NCHW"),
-    ``int8`` (the input is integer), ``precision`` ("int8" for a quantized file, also one with a float32
-    interface), ``threads``, ``max_batch`` (None while the
-    interpreter resizes to any batch; the file's batch size once it has refused to).
+    ``int8`` (the input is integer), ``precision`` ("int8" for a quantized file, also one with a
+    float32 interface), ``threads``, ``max_batch`` (None while the interpreter resizes to any
+    batch; the file's batch size once it has refused to).
     Calls are serialized: one interpreter runs one batch at a time.
     """
 

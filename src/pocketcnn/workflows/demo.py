@@ -231,9 +231,9 @@ def _model_row(run: _DemoRun, name: str, mp: ModelPlan,
     else the model is trained, scored on the test split and timed (and the result saved for reuse)."""
     cfg = _train_config(run, name, mp)
     result_file = run.out / name / "result.json"
-    if result_file.exists() and not run.fresh and json.loads(result_file.read_text()).get("config") == cfg.to_dict():
+    saved = json.loads(result_file.read_text()) if result_file.exists() and not run.fresh else {}
+    if saved.get("config") == cfg.to_dict():
         run.log(f"{name}: reusing finished run {run.out / name}")
-        saved = json.loads(result_file.read_text())
         return saved["row"], saved["metrics"]
     run.log(f"{name}: {mp.train_samples:,} images x {mp.epochs} epoch(s), batch {cfg.batch_size}")
     res = fit(cfg, make_callbacks(name, mp), overwrite=True)  # the demo's own folder: an unfinished run is redone
