@@ -14,7 +14,9 @@ For each set: today's ``pocketcnn predict MODEL FILE... --json`` (file names on 
 line, relative to the image folder so 50,000 fit under the argument limit), the local engine
 (``--out rows.jsonl --workers 1`` and ``--workers 2``), the Ray engine (``--engine ray
 --workers 2`` on a local Ray runtime with 2 CPUs, Parquet) and ONNX Runtime alone on
-preprocessed tensors at batch 32 with 2 threads (the ceiling). Every command is a new process:
+preprocessed tensors at batch 32 with 2 threads (the ceiling). Before the commands, each set
+prints its per-image costs (:func:`per_image`: decoding, the model on 1 and on 2 threads) and the
+bound they put on local engine / today's ``predict`` on 2 cores. Every command is a new process:
 images/s is the images over the wall time from spawn to exit (start-up included); the
 engines' own time without start-up (their ``--json`` summary) is printed beside it. Peak RSS
 sums every process of the command's tree (the Ray runtime's too), sampled from /proc every
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import platform
 import resource
@@ -223,6 +226,32 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def decode_ms(model: Path, images: Path, n: int = 512) -> float:
+    """Decoding and preprocessing one image (``preprocess``, as every engine does it), ms: best of 3 passes."""
+    from pocketcnn.runtime.images import preprocess
+    from pocketcnn.runtime.predictor import open_model
+
+    spec = open_model(model, threads=1).spec
+    paths = sorted(p for p in images.rglob("*") if p.is_file())[:n]
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for p in paths:
+            preprocess(p, spec)
+        best = min(best, (time.perf_counter() - start) / len(paths))
+    return 1000 * best
+
+
+def per_image(model: Path, images: Path, two_threads: float) -> dict:
+    """The costs that bound the engines on 2 cores, per image: decoding ``d``, the model ``m1`` on one
+    thread and ``m2`` on two (``two_threads``: the ceiling's images/s). Today's ``predict`` decodes,
+    then runs the model on both cores: at best ``d + m2``; two workers each do both on one core: at
+    best ``(d + m1) / 2``. Their ratio bounds local engine / today's ``predict``, with no start-up."""
+    d, m1, m2 = decode_ms(model, images), 1000 / ceiling(model, images, threads=1), 1000 / two_threads
+    return {"decode_ms": round(d, 3), "model_ms_1_thread": round(m1, 3), "model_ms_2_threads": round(m2, 3),
+            "bound_local_over_today": round((d + m2) / ((d + m1) / 2), 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/pocketcnn-batch-bench"))
@@ -242,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         out = folder / "out"
         out.mkdir(exist_ok=True)
         top = ceiling(model, images)
+        costs = per_image(model, images, top)
+        print(f"{name}: per image, decoding {costs['decode_ms']:.2f} ms, the model {costs['model_ms_1_thread']:.2f} "
+              f"ms on 1 thread and {costs['model_ms_2_threads']:.2f} ms on 2: on 2 cores the local engine is at most "
+              f"{costs['bound_local_over_today']:.2f}x today's predict", flush=True)
         for label, cmd in commands(name, n, model, images, out).items():
             if any(s and s in label for s in args.skip.split(",")):
                 continue
@@ -265,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         rows.append({"set": name, "images": n, "command": "ONNX Runtime alone, batch 32, 2 threads (ceiling)",
-                     "images_per_s": round(top, 1), "share_of_ceiling": 1.0})
+                     "images_per_s": round(top, 1), "share_of_ceiling": 1.0, **costs})
     print("\n| set | command | images/s (wall) | images/s (engine, no start-up) | peak RSS MB, all processes "
           "| CPU ms per image, all processes | share of ceiling |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
